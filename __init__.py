@@ -1,0 +1,1 @@
+"""leanvision: token-efficient vision-language models for the Hugging Face Hub."""
