@@ -1,0 +1,43 @@
+# Set-up is part of every target: a fresh machine needs only `make demo` or `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install system-deps demo test test-fast bench flops clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned to the CPU build on this machine's disk, so the package's range installs nothing more.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Java runs the COCO caption metrics (PTB tokenizer, METEOR); installed with apt where it is missing.
+system-deps:
+	@command -v java >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq default-jre-headless; }
+
+demo: install
+	$(PY) -m leanvision.training.demo
+
+test: install system-deps
+	$(PY) -m pytest -q
+
+test-fast: install system-deps
+	$(PY) -m pytest -q -m "not slow"
+
+flops: install
+	$(VENV)/bin/leanvision flops
+
+bench: install
+	$(PY) benchmarks/bench_dtp_vit.py
+
+clean:
+	rm -rf $(VENV) outputs

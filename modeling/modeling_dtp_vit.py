@@ -1,0 +1,410 @@
+"""DTP-ViT: a Vision Transformer with Dynamic Token Pooling.
+
+Patch embedding -> pre-layers -> boundary predictor -> segment-mean pooling -> shortened layers -> final norm -> pool.
+The boundary predictor decides, per patch, whether the patch closes a segment; each segment is replaced by the
+mean of its patches, so the shortened layers run on about `compression_rate * num_patches` tokens (plus CLS).
+Paper: Nawrot et al., 2023, "Efficient Transformers with Dynamic Token Pooling".
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput
+
+from ..configuration.configuration_dtp_vit import DTPViTConfig
+
+
+@dataclass
+class DTPViTModelOutput(ModelOutput):
+    """
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, 1 + num_segments, hidden)`): CLS token then the
+            pooled segments, after the final LayerNorm. Rows with fewer segments are padded (see `segment_mask`).
+        pooler_output (`torch.FloatTensor` of shape `(batch, hidden)`): masked mean of the segments (or CLS).
+        boundaries (`torch.FloatTensor` of shape `(batch, num_patches)`): hard boundaries (1 closes a segment),
+            straight-through in training.
+        segment_mask (`torch.BoolTensor` of shape `(batch, num_segments)`): True for real segments.
+        boundary_loss (`torch.FloatTensor` scalar): binomial prior loss on the boundary counts.
+        boundary_ratio (`torch.FloatTensor` of shape `(batch,)`): boundaries per patch for each image.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    boundaries: torch.FloatTensor | None = None
+    segment_mask: torch.BoolTensor | None = None
+    boundary_loss: torch.FloatTensor | None = None
+    boundary_ratio: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class DTPViTImageClassifierOutput(ModelOutput):
+    """`loss` = cross-entropy + `boundary_loss_weight` * `boundary_loss`; other fields as in `DTPViTModelOutput`."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    boundary_loss: torch.FloatTensor | None = None
+    boundary_ratio: torch.FloatTensor | None = None
+    boundaries: torch.FloatTensor | None = None
+    segment_mask: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class DTPViTEmbeddings(nn.Module):
+    """x = [cls; Conv_p(image) flattened] + pos, with a learned CLS vector and learned absolute positions."""
+
+    def __init__(self, config: DTPViTConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.position_embedding = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.hidden_size))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        dtype = self.patch_embedding.weight.dtype
+        patches = self.patch_embedding(pixel_values.to(dtype)).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
+        return torch.cat([cls, patches], dim=1) + self.position_embedding
+
+
+class DTPViTAttention(nn.Module):
+    """Multi-head self-attention: softmax(Q K^T / sqrt(d) + mask) V, padded keys masked out."""
+
+    def __init__(self, config: DTPViTConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scale = self.head_dim**-0.5
+        self.dropout = config.attention_probs_dropout_prob
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states, key_mask=None, output_attentions=False):
+        batch, length, _ = hidden_states.shape
+
+        def heads(x):
+            return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+        query, key, value = heads(self.q_proj(hidden_states)), heads(self.k_proj(hidden_states)), heads(
+            self.v_proj(hidden_states)
+        )
+        dropout = self.dropout if self.training else 0.0
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        if self.config._attn_implementation == "eager" or output_attentions:
+            scores = torch.matmul(query, key.transpose(-1, -2)) * self.scale
+            if mask is not None:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
+            context = torch.matmul(probs, value)
+        else:
+            probs = None
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
+        context = context.transpose(1, 2).reshape(batch, length, -1)
+        return self.out_proj(context), probs
+
+
+class DTPViTMLP(nn.Module):
+    """FFN(x) = W2 act(W1 x + b1) + b2."""
+
+    def __init__(self, config: DTPViTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states):
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class DTPViTLayer(nn.Module):
+    """Pre-LN block: x = x + Drop(Attn(LN1(x))); x = x + Drop(FFN(LN2(x)))."""
+
+    def __init__(self, config: DTPViTConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = DTPViTAttention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = DTPViTMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, key_mask=None, output_attentions=False):
+        attn_out, probs = self.self_attn(self.layer_norm1(hidden_states), key_mask, output_attentions)
+        hidden_states = hidden_states + self.dropout(attn_out)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
+        return hidden_states, probs
+
+
+class BoundaryPredictor(nn.Module):
+    """Predicts which patches close a segment.
+
+    logit_t = W2 GELU(W1 x_t + b1) + b2,  p_t = sigmoid(logit_t).
+    Training (Gumbel-sigmoid, temperature tau): soft_t = sigmoid((logit_t + log u - log(1 - u)) / tau), u ~ U(0, 1),
+    hard_t = 1[soft_t > 0.5] with the straight-through estimator hard_t <- hard_t - sg(soft_t) + soft_t.
+    Eval (deterministic): `boundary_inference="rate"` closes segments at the k = round(prior * T) patches with the
+    highest p_t; `"threshold"` uses hard_t = 1[p_t > 0.5]. The output bias b2 starts at logit(prior), so p_t starts
+    near the prior.
+    """
+
+    def __init__(self, config: DTPViTConfig):
+        super().__init__()
+        self.temperature = config.boundary_temperature
+        self.prior = config.compression_rate
+        self.inference = config.boundary_inference
+        self.dense = nn.Linear(config.hidden_size, config.boundary_predictor_hidden_size)
+        self.act = nn.GELU()
+        self.out = nn.Linear(config.boundary_predictor_hidden_size, 1, bias=False)
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (hard boundaries, probabilities), both (batch, tokens)."""
+        logits = (self.out(self.act(self.dense(hidden_states))) + self.bias).squeeze(-1).float()
+        probs = torch.sigmoid(logits)
+        if not self.training:
+            if self.inference == "threshold":
+                return (probs > 0.5).to(hidden_states.dtype), probs
+            k = min(probs.shape[-1], max(1, round(self.prior * probs.shape[-1])))
+            top = probs.topk(k, dim=-1).indices
+            return torch.zeros_like(probs).scatter(-1, top, 1.0).to(hidden_states.dtype), probs
+        u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+        soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
+        hard = (soft > 0.5).to(soft.dtype)
+        return (hard - soft.detach() + soft).to(hidden_states.dtype), probs
+
+
+class SegmentMeanPooling(nn.Module):
+    """Replaces each segment of consecutive tokens by the mean of its tokens, keeping gradients into boundaries.
+
+    seg_t = cumsum(b)_t - b_t (a token with b_t = 1 closes its segment). A_{t,s} = 1 - (s - seg_t) where s = seg_t,
+    else 0: equal to the one-hot assignment in value, but differentiable in b through seg_t (straight-through).
+    pooled_s = sum_t A_{t,s} x_t / sum_t A_{t,s}. Rows with fewer segments are zero-padded; `segment_mask` marks
+    the real segments (a row has seg_T + 1 segments: the tokens after the last boundary form one more).
+    """
+
+    def forward(self, hidden_states: torch.Tensor, boundaries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        segment_ids = boundaries.cumsum(dim=1) - boundaries
+        num_segments = segment_ids[:, -1].detach().round().long() + 1
+        max_segments = int(num_segments.max())
+        slots = torch.arange(max_segments, device=hidden_states.device, dtype=boundaries.dtype)
+        offset = slots[None, None, :] - segment_ids[:, :, None]
+        assignment = torch.where(offset.detach() == 0, 1 - offset, torch.zeros_like(offset))
+        counts = assignment.sum(dim=1, keepdim=True)
+        assignment = assignment / torch.where(counts.detach() == 0, torch.ones_like(counts), counts)
+        pooled = torch.einsum("bld,bls->bsd", hidden_states, assignment.to(hidden_states.dtype))
+        segment_mask = slots[None, :].long() < num_segments[:, None]
+        return pooled, segment_mask
+
+
+class BinomialBoundaryLoss(nn.Module):
+    """L = -mean_b log Binomial(k_b; T, prior) / T, with k_b = sum_t hard_bt over T tokens."""
+
+    def __init__(self, prior: float):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, boundaries: torch.Tensor) -> torch.Tensor:
+        num_tokens = boundaries.shape[-1]
+        binomial = torch.distributions.Binomial(
+            total_count=torch.tensor(float(num_tokens), device=boundaries.device),
+            probs=torch.tensor(float(self.prior), device=boundaries.device),
+        )
+        return -binomial.log_prob(boundaries.float().sum(dim=-1)).mean() / num_tokens
+
+
+class DTPViTPreTrainedModel(PreTrainedModel):
+    config_class = DTPViTConfig
+    base_model_prefix = "dtp_vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _supports_sdpa = True
+    _no_split_modules = ["DTPViTLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, DTPViTEmbeddings):
+            init.trunc_normal_(module.class_embedding, mean=0.0, std=std)
+            init.trunc_normal_(module.position_embedding, mean=0.0, std=std)
+        elif isinstance(module, BoundaryPredictor):
+            prior = min(module.prior, 1 - 1e-4)
+            init.constant_(module.bias, math.log(prior / (1 - prior)))
+
+
+class DTPViTModel(DTPViTPreTrainedModel):
+    def __init__(self, config: DTPViTConfig):
+        super().__init__(config)
+        self.embeddings = DTPViTEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_layernorm else None
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pre_layers = nn.ModuleList([DTPViTLayer(config) for _ in range(config.num_pre_layers)])
+        # At compression 1.0 every patch is its own segment: no predictor, no pooling (a dense ViT).
+        self.pools = config.compression_rate < 1.0
+        self.boundary_predictor = BoundaryPredictor(config) if self.pools else None
+        self.segment_pooling = SegmentMeanPooling()
+        self.boundary_loss_fn = BinomialBoundaryLoss(config.compression_rate)
+        self.shortened_layers = nn.ModuleList([DTPViTLayer(config) for _ in range(config.num_shortened_layers)])
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.patch_embedding
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        boundaries: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DTPViTModelOutput | tuple:
+        r"""
+        boundaries (`torch.Tensor` of shape `(batch, num_patches)`, *optional*):
+            Given boundaries (1 closes a segment) used instead of the predictor's, e.g. to simulate a rate.
+        """
+        if pixel_values is None:
+            raise ValueError("DTPViTModel needs pixel_values")
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        all_hidden = [] if output_hidden_states else None
+        all_attn = [] if output_attentions else None
+
+        def run(layers, hidden, key_mask):
+            for layer in layers:
+                if all_hidden is not None:
+                    all_hidden.append(hidden)
+                hidden, probs = layer(hidden, key_mask, output_attentions)
+                if all_attn is not None:
+                    all_attn.append(probs)
+            return hidden
+
+        hidden = self.embeddings(pixel_values)
+        if self.pre_layrnorm is not None:
+            hidden = self.pre_layrnorm(hidden)
+        hidden = run(self.pre_layers, self.dropout(hidden), None)
+        cls, patches = hidden[:, :1], hidden[:, 1:]
+        batch, num_patches = patches.shape[:2]
+
+        if boundaries is not None:
+            if tuple(boundaries.shape) != (batch, num_patches):
+                raise ValueError(
+                    f"boundaries must have shape (batch, num_patches) = {(batch, num_patches)}, "
+                    f"got {tuple(boundaries.shape)}"
+                )
+            boundaries = boundaries.to(patches.dtype)
+        elif self.pools:
+            boundaries, _ = self.boundary_predictor(patches)
+        else:
+            boundaries = torch.ones(batch, num_patches, dtype=patches.dtype, device=patches.device)
+
+        if self.pools or not bool((boundaries == 1).all()):
+            segments, segment_mask = self.segment_pooling(patches, boundaries)
+            boundary_loss = self.boundary_loss_fn(boundaries)
+        else:
+            segments = patches
+            segment_mask = torch.ones(batch, num_patches, dtype=torch.bool, device=patches.device)
+            boundary_loss = patches.new_zeros(())
+        key_mask = torch.cat([segment_mask.new_ones(batch, 1), segment_mask], dim=1)
+        if bool(key_mask.all()):
+            key_mask = None  # nothing padded: lets SDPA take its fastest kernel
+        hidden = run(self.shortened_layers, torch.cat([cls, segments], dim=1), key_mask)
+        hidden = self.post_layernorm(hidden)
+        if all_hidden is not None:
+            all_hidden.append(hidden)
+
+        if self.config.pooler_type == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = segment_mask.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden[:, 1:] * weights).sum(dim=1) / weights.sum(dim=1)
+        boundary_ratio = boundaries.detach().float().mean(dim=-1)
+
+        output = DTPViTModelOutput(
+            last_hidden_state=hidden,
+            pooler_output=pooled,
+            boundaries=boundaries,
+            segment_mask=segment_mask,
+            boundary_loss=boundary_loss,
+            boundary_ratio=boundary_ratio,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attn) if all_attn is not None else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class DTPViTForImageClassification(DTPViTPreTrainedModel):
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: DTPViTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.dtp_vit = DTPViTModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        boundaries: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DTPViTImageClassifierOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch,)`, *optional*): class indices in `[0, num_labels)`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.dtp_vit(
+            pixel_values,
+            boundaries=boundaries,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if labels.dtype.is_floating_point or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+                raise ValueError(f"labels must be integer class indices of shape ({logits.shape[0]},)")
+            if bool(((labels < 0) | (labels >= self.num_labels)).any()):
+                raise ValueError(f"labels must lie in [0, {self.num_labels}), got {labels.tolist()}")
+            loss = F.cross_entropy(logits.float(), labels)
+            loss = loss + self.config.boundary_loss_weight * outputs.boundary_loss
+        output = DTPViTImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            boundary_loss=outputs.boundary_loss,
+            boundary_ratio=outputs.boundary_ratio,
+            boundaries=outputs.boundaries,
+            segment_mask=outputs.segment_mask,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["DTPViTPreTrainedModel", "DTPViTModel", "DTPViTForImageClassification"]

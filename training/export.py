@@ -1,0 +1,76 @@
+"""`leanvision export`: a flat, Hub-ready folder with safetensors weights, processor files and remote code."""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+from ..hub_cards.cards import render_minimal_card
+from .families import family_of_model_dir
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SIBLING_IMPORT = re.compile(r"^from \.\.(?:configuration|modeling|processing)\.(\w+) import ", re.MULTILINE)
+_FORBIDDEN_IMPORT = re.compile(r"^\s*(?:from\s+\.\.|from\s+leanvision\b|import\s+leanvision\b)", re.MULTILINE)
+
+
+def flatten_source(text: str, name: str = "<source>") -> str:
+    """Rewrites `from ..modeling.modeling_x import A` into the flat `from .modeling_x import A`."""
+    flat = _SIBLING_IMPORT.sub(r"from .\1 import ", text)
+    leftover = _FORBIDDEN_IMPORT.search(flat)
+    if leftover:
+        raise ValueError(f"{name} imports {leftover.group(0).strip()!r}, which a flat remote-code bundle cannot follow")
+    return flat
+
+
+def replace_dir_atomically(tmp_dir: str, out_dir: str) -> None:
+    """Moves the finished `tmp_dir` to `out_dir`; an existing `out_dir` is kept until the new one is in place."""
+    backup = None
+    if os.path.exists(out_dir):
+        backup = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(os.path.abspath(out_dir)))
+        os.rmdir(backup)
+        os.rename(out_dir, backup)
+    os.rename(tmp_dir, out_dir)
+    if backup:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def read_eval_results(model_dir: str) -> dict:
+    """Evaluation metrics saved by `train.py` (eval_results.json), if any."""
+    path = os.path.join(model_dir, "eval_results.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
+    """Writes the flat bundle of the model saved in `model_dir` to `out_dir` (via a temporary folder and a rename)."""
+    family = family_of_model_dir(model_dir)
+    if os.path.exists(out_dir) and not overwrite:
+        raise ValueError(f"output folder {out_dir!r} exists; pass overwrite=True (--overwrite) to replace it")
+    model = family.model_class.from_pretrained(model_dir)
+    processor = family.load_processor(model_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        for relative in family.source_files:
+            with open(os.path.join(PACKAGE_ROOT, relative)) as f:
+                text = flatten_source(f.read(), relative)
+            with open(os.path.join(tmp_dir, os.path.basename(relative)), "w") as f:
+                f.write(text)
+        model.config.auto_map = dict(family.auto_map)
+        model.save_pretrained(tmp_dir)
+        processor.save_pretrained(tmp_dir)
+        metrics = read_eval_results(model_dir)
+        if metrics:
+            with open(os.path.join(tmp_dir, "eval_results.json"), "w") as f:
+                json.dump(metrics, f, indent=2)
+        with open(os.path.join(tmp_dir, "README.md"), "w") as f:
+            f.write(render_minimal_card(family, model.config, metrics))
+        replace_dir_atomically(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir

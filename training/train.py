@@ -1,0 +1,120 @@
+"""One training entry point for every leanvision model family.
+
+    python training/train.py RECIPE.yaml [--flag value ...]
+    accelerate launch training/train.py RECIPE.yaml [--flag value ...]
+
+A recipe (YAML or JSON) holds defaults for the flags below and for any `transformers.TrainingArguments` field;
+flags on the command line override it. `config_overrides` (a mapping in the recipe, a JSON object on the command
+line) sets fields of the family's config. The final model and its processor are saved to `output_dir`, ready for
+`leanvision export`.
+"""
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field, fields
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+
+from leanvision.training.families import FAMILIES, get_family
+from leanvision.training.tasks import TASKS
+from leanvision.training.trainer import LeanTrainer
+
+logger = logging.getLogger("leanvision.train")
+
+
+@dataclass
+class ModelArguments:
+    family: str = field(default="dtp_vit", metadata={"help": f"model family: one of {sorted(FAMILIES)}"})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "start from this saved model (folder or Hub id) instead of a fresh one"}
+    )
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "JSON object of config fields, e.g. '{\"compression_rate\": 0.25}'"}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset, save_to_disk folder or local data folder; default: the family's built-in set"},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "dataset configuration name"})
+    train_split: str = field(default="train", metadata={"help": "split to train on"})
+    eval_split: str | None = field(
+        default="auto", metadata={"help": "split to evaluate on; 'auto' = 'test' or 'validation' if present, else carved"}
+    )
+    eval_fraction: float = field(default=0.1, metadata={"help": "fraction of train held out when no eval split"})
+    image_column: str = field(default="image", metadata={"help": "column holding the images"})
+    label_column: str = field(default="label", metadata={"help": "column holding the class labels"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "truncate the evaluation set"})
+
+
+def load_recipe(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ValueError(f"recipe file {path!r} does not exist")
+    with open(path) as f:
+        recipe = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe {path!r} must be a mapping of argument names to values")
+    return recipe
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    recipe = {}
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        recipe, argv = load_recipe(argv[0]), argv[1:]
+    known = {f.name for cls in (ModelArguments, DataArguments, TrainingArguments) for f in fields(cls)}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise ValueError(f"unknown recipe keys: {unknown}")
+    if isinstance(recipe.get("config_overrides"), dict):
+        recipe["config_overrides"] = json.dumps(recipe["config_overrides"])
+    get_family(recipe.get("family", "dtp_vit"))
+    parser.set_defaults(**recipe)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    get_family(model_args.family)
+    return model_args, data_args, training_args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Trains, evaluates and saves; returns the final evaluation metrics."""
+    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    family = get_family(model_args.family)
+    if data_args.eval_split == "auto":
+        data_args.eval_split = None
+    training_args.remove_unused_columns = False  # the datasets are transformed on the fly
+    set_seed(training_args.seed)
+
+    setup = TASKS[family.task](family, model_args, data_args, training_args)
+    trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
+    logger.info("family %s: %d trainable parameters", family.name, trainable)
+    trainer = LeanTrainer(
+        model=setup.model,
+        args=training_args,
+        train_dataset=setup.train_dataset,
+        eval_dataset=setup.eval_dataset,
+        data_collator=setup.data_collator,
+        processing_class=setup.processor,
+        compute_metrics=setup.compute_metrics,
+        preprocess_logits_for_metrics=setup.preprocess_logits_for_metrics,
+    )
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    trainer.save_state()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
