@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     setup = TASKS[family.task](family, model_args, data_args, training_args)
     trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
-    logger.info("family %s: %d trainable parameters", family.name, trainable)
+    logger.info(
+        "family %s: %d trainable parameters, world size %d", family.name, trainable, training_args.world_size
+    )
     trainer = LeanTrainer(
         model=setup.model,
         args=training_args,

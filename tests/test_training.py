@@ -1,0 +1,77 @@
+"""Training through train.py: recipes, learning on digits, the 2-rank launch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from leanvision import DTPViTForImageClassification
+from leanvision.training.train import main as train_main
+from leanvision.training.train import parse_args
+
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "recipes",
+                      "dtp_vit_digits.yaml")
+FAST = ["--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "10"]
+
+
+def test_recipe_flags_override_recipe(tmp_path):
+    model_args, data_args, training_args = parse_args([RECIPE, "--learning_rate", "0.5", "--output_dir", str(tmp_path)])
+    assert training_args.learning_rate == 0.5
+    assert training_args.num_train_epochs == 20  # from the recipe
+    assert json.loads(model_args.config_overrides)["patch_size"] == 4
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("family: dtp_vit\nlearning_rte: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rte"):
+        parse_args([str(bad)])
+    bad.write_text("family: no_such_family\n")
+    with pytest.raises(ValueError, match="no_such_family"):
+        parse_args([str(bad)])
+    with pytest.raises(ValueError, match="does not exist"):
+        parse_args([str(tmp_path / "missing.yaml")])
+
+
+def logged(output_dir, key):
+    with open(os.path.join(output_dir, "trainer_state.json")) as f:
+        return [entry[key] for entry in json.load(f)["log_history"] if key in entry]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.1])
+def test_tiny_dtp_vit_learns_digits_at_the_prior_rate(tmp_path, rate):
+    overrides = json.dumps({
+        "image_size": 32, "patch_size": 4, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+        "num_pre_layers": 1, "num_shortened_layers": 2, "compression_rate": rate,
+    })
+    metrics = train_main([RECIPE, "--output_dir", str(tmp_path), "--config_overrides", overrides, *FAST])
+    assert metrics["eval_accuracy"] >= 0.90, metrics
+    assert abs(metrics["eval_boundary_ratio"] - rate) <= 0.03, metrics
+    train_ratios = logged(tmp_path, "boundary_ratio")
+    late = train_ratios[-5:]
+    assert abs(sum(late) / len(late) - rate) <= 0.03, train_ratios
+    model = DTPViTForImageClassification.from_pretrained(tmp_path)
+    assert model.config.compression_rate == rate
+
+
+@pytest.mark.slow
+def test_two_rank_cpu_launch_trains_and_saves_a_loadable_model(tmp_path, repo_root):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        os.path.join(repo_root, "training", "train.py"), RECIPE, "--output_dir", str(tmp_path / "run"),
+        "--max_steps", "4", "--per_device_train_batch_size", "8", *FAST,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("world size 2") == 2, result.stderr[-4000:]
+    with open(tmp_path / "run" / "trainer_state.json") as f:
+        state = json.load(f)
+    assert state["global_step"] == 4
+    assert state["train_batch_size"] == 8
+    model = DTPViTForImageClassification.from_pretrained(tmp_path / "run")
+    assert model.config.num_labels == 10
