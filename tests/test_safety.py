@@ -1,0 +1,49 @@
+"""No unsafe loading anywhere in the package: weights come only from safetensors."""
+
+import ast
+import os
+
+PACKAGE_DIRS = ("configuration", "modeling", "processing", "training", "hub_cards")
+
+
+def package_sources(repo_root):
+    paths = [os.path.join(repo_root, name) for name in ("__init__.py", "cli.py")]
+    for folder in PACKAGE_DIRS:
+        for root, _, files in os.walk(os.path.join(repo_root, folder)):
+            paths += [os.path.join(root, f) for f in files if f.endswith(".py")]
+    return paths
+
+
+def unsafe_calls(path):
+    with open(path) as f:
+        tree = ast.parse(f.read(), filename=path)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+            if any(n and n.split(".")[0] in ("pickle", "dill", "cloudpickle", "marshal") for n in names):
+                found.append(f"{path}:{node.lineno} imports a pickle module")
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in ("eval", "exec") and isinstance(func, ast.Name):
+                found.append(f"{path}:{node.lineno} calls {name}")
+            if name == "load" and isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "torch":
+                safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords)
+                if not safe:
+                    found.append(f"{path}:{node.lineno} calls torch.load without weights_only=True")
+    return found
+
+
+def test_scanner_catches_unsafe_code(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import pickle\nimport torch\ntorch.load('x')\neval('1')\n")
+    assert len(unsafe_calls(str(bad))) == 3
+    good = tmp_path / "good.py"
+    good.write_text("import torch\ntorch.load('x', weights_only=True)\n")
+    assert unsafe_calls(str(good)) == []
+
+
+def test_package_has_no_unsafe_loading(repo_root):
+    problems = [p for path in package_sources(repo_root) for p in unsafe_calls(path)]
+    assert problems == []
