@@ -19,7 +19,7 @@ FAST = ["--save_strategy", "no", "--eval_strategy", "no", "--disable_tqdm", "tru
 def test_recipe_flags_override_recipe(tmp_path):
     model_args, data_args, training_args = parse_args([RECIPE, "--learning_rate", "0.5", "--output_dir", str(tmp_path)])
     assert training_args.learning_rate == 0.5
-    assert training_args.num_train_epochs == 20  # from the recipe
+    assert training_args.num_train_epochs == 30  # from the recipe
     assert json.loads(model_args.config_overrides)["patch_size"] == 4
 
 
