@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoConfig, CLIPModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
@@ -149,6 +149,7 @@ class DTPViTLayer(nn.Module):
     def forward(self, hidden_states, key_mask=None, output_attentions=False):
         attn_out, probs = self.self_attn(self.layer_norm1(hidden_states), key_mask, output_attentions)
         hidden_states = hidden_states + self.dropout(attn_out)
+        del attn_out  # frees the attention output before the MLP: peak memory as a plain ViT layer
         hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
         return hidden_states, probs
 
@@ -229,6 +230,78 @@ class BinomialBoundaryLoss(nn.Module):
         return -binomial.log_prob(boundaries.float().sum(dim=-1)).mean() / num_tokens
 
 
+def _square_side(value, name: str) -> int:
+    """CLIP configs allow (height, width) sizes; DTP-ViT needs square ones."""
+    if isinstance(value, int):
+        return value
+    height, width = value
+    if height != width:
+        raise ValueError(f"DTP-ViT needs a square {name}, the CLIP checkpoint has {tuple(value)}")
+    return int(height)
+
+
+def dtp_vit_config_from_clip_vision(clip_vision_config, **overrides) -> DTPViTConfig:
+    """A DTPViTConfig with the widths of a transformers `CLIPVisionConfig`, CLIP's layers split into pre + shortened.
+
+    Fixed by the checkpoint (an override to another value raises ValueError): sizes, widths, activation, norm eps,
+    attention dropout, `pre_layernorm=True`. `pooler_type` defaults to `"cls"` (CLIP pools the CLS token).
+    `num_pre_layers` defaults to 2 (or fewer layers, if CLIP has fewer) and `num_shortened_layers` to the rest; their
+    sum must equal CLIP's layer count. Any other DTPViTConfig field (compression_rate, ...) may be overridden.
+    """
+    fixed = {
+        "image_size": _square_side(clip_vision_config.image_size, "image_size"),
+        "patch_size": _square_side(clip_vision_config.patch_size, "patch_size"),
+        "num_channels": clip_vision_config.num_channels,
+        "hidden_size": clip_vision_config.hidden_size,
+        "num_attention_heads": clip_vision_config.num_attention_heads,
+        "intermediate_size": clip_vision_config.intermediate_size,
+        "hidden_act": clip_vision_config.hidden_act,
+        "layer_norm_eps": clip_vision_config.layer_norm_eps,
+        "attention_probs_dropout_prob": float(clip_vision_config.attention_dropout),
+        "pre_layernorm": True,
+    }
+    overrides = dict(overrides)
+    for key, value in fixed.items():
+        if key in overrides and overrides[key] != value:
+            raise ValueError(
+                f"{key} is fixed by the CLIP checkpoint ({value!r}), cannot override it with {overrides[key]!r}"
+            )
+    num_layers = clip_vision_config.num_hidden_layers
+    num_pre = overrides.pop("num_pre_layers", min(2, num_layers))
+    num_shortened = overrides.pop("num_shortened_layers", num_layers - num_pre)
+    if num_pre + num_shortened != num_layers:
+        raise ValueError(
+            f"num_pre_layers ({num_pre}) + num_shortened_layers ({num_shortened}) must equal the CLIP checkpoint's "
+            f"num_hidden_layers ({num_layers})"
+        )
+    values = {"pooler_type": "cls", "initializer_range": clip_vision_config.initializer_range, **fixed}
+    values.update(overrides, num_pre_layers=num_pre, num_shortened_layers=num_shortened)
+    return DTPViTConfig(**values)
+
+
+def load_clip_vision_weights(model: "DTPViTModel", clip_vision: nn.Module) -> None:
+    """Copies a transformers `CLIPVisionModel`'s weights into `model` (built by `dtp_vit_config_from_clip_vision`).
+
+    CLIP layer i goes to `pre_layers[i]` for i < num_pre_layers, else to `shortened_layers[i - num_pre_layers]`; the
+    patch-embedding bias (CLIP has none) is zeroed; the boundary predictor keeps its fresh initialisation.
+    """
+    num_pre = model.config.num_pre_layers
+    mapped = {}
+    for key, value in clip_vision.state_dict().items():
+        if key.startswith("encoder.layers."):
+            index, rest = key[len("encoder.layers.") :].split(".", 1)
+            index = int(index)
+            key = f"pre_layers.{index}.{rest}" if index < num_pre else f"shortened_layers.{index - num_pre}.{rest}"
+        elif key == "embeddings.position_embedding.weight":
+            key, value = "embeddings.position_embedding", value.unsqueeze(0)
+        mapped[key] = value
+    mapped["embeddings.patch_embedding.bias"] = torch.zeros_like(model.embeddings.patch_embedding.bias)
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    missing = [key for key in missing if not key.startswith("boundary_predictor.")]
+    if missing or unexpected:
+        raise ValueError(f"CLIP vision weights do not fit DTP-ViT: missing {missing}, unexpected {unexpected}")
+
+
 class DTPViTPreTrainedModel(PreTrainedModel):
     config_class = DTPViTConfig
     base_model_prefix = "dtp_vit"
@@ -263,6 +336,25 @@ class DTPViTModel(DTPViTPreTrainedModel):
         self.shortened_layers = nn.ModuleList([DTPViTLayer(config) for _ in range(config.num_shortened_layers)])
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
+
+    @classmethod
+    def from_clip_vision_pretrained(cls, name_or_path: str, **config_overrides) -> "DTPViTModel":
+        """DTP-ViT initialised from a transformers CLIP checkpoint (`CLIPModel` or `CLIPVisionModel`), in eval mode.
+
+        Embeddings, pre-layernorm, layers and post-layernorm are copied (see `load_clip_vision_weights`); the
+        boundary predictor starts fresh. `config_overrides` go to `dtp_vit_config_from_clip_vision`, e.g.
+        `compression_rate=0.25, num_pre_layers=2`. At compression 1.0 the pooled output equals CLIP's.
+        """
+        model_type = AutoConfig.from_pretrained(name_or_path).model_type
+        if model_type == "clip":
+            clip_vision = CLIPModel.from_pretrained(name_or_path).vision_model
+        elif model_type == "clip_vision_model":
+            clip_vision = CLIPVisionModel.from_pretrained(name_or_path)
+        else:
+            raise ValueError(f"{name_or_path!r} is a {model_type!r} checkpoint, not a CLIP or CLIP vision one")
+        model = cls(dtp_vit_config_from_clip_vision(clip_vision.config, **config_overrides))
+        load_clip_vision_weights(model, clip_vision)
+        return model.eval()
 
     def get_input_embeddings(self):
         return self.embeddings.patch_embedding
@@ -407,4 +499,10 @@ class DTPViTForImageClassification(DTPViTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["DTPViTPreTrainedModel", "DTPViTModel", "DTPViTForImageClassification"]
+__all__ = [
+    "DTPViTPreTrainedModel",
+    "DTPViTModel",
+    "DTPViTForImageClassification",
+    "dtp_vit_config_from_clip_vision",
+    "load_clip_vision_weights",
+]
