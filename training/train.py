@@ -20,6 +20,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from leanvision.training.families import FAMILIES, get_family
 from leanvision.training.tasks import TASKS
+from leanvision.training.trainer import LeanTrainer
 
 logger = logging.getLogger("leanvision.train")
 
@@ -32,20 +33,6 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None, metadata={"help": "JSON object of config fields, e.g. '{\"compression_rate\": 0.25}'"}
-    )
-    init_from_blip: str | None = field(
-        default=None,
-        metadata={"help": "captioning: start the text decoder and tokenizer from this BLIP captioning checkpoint"},
-    )
-    tokenizer_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "captioning: tokenizer for a fresh model; default: a word-level vocabulary of the captions"},
-    )
-    vae_name_or_path: str | None = field(
-        default=None, metadata={"help": "latent captioners: load this diffusers AutoencoderKL into the model"}
-    )
-    image_size: int | None = field(
-        default=None, metadata={"help": "captioning: processor image size; default: the VAE's sample_size, else 256"}
     )
 
 
@@ -63,26 +50,8 @@ class DataArguments:
     eval_fraction: float = field(default=0.1, metadata={"help": "fraction of train held out when no eval split"})
     image_column: str = field(default="image", metadata={"help": "column holding the images"})
     label_column: str = field(default="label", metadata={"help": "column holding the class labels"})
-    caption_column: str = field(
-        default="caption", metadata={"help": "captioning: column of the caption (a string or a list of strings)"}
-    )
-    references_column: str | None = field(
-        default="captions",
-        metadata={"help": "captioning: column of the reference captions for evaluation, if present; else captions"},
-    )
-    max_caption_length: int = field(default=64, metadata={"help": "captioning: token limit of training captions"})
-    generation_max_new_tokens: int = field(default=40, metadata={"help": "captioning: generated tokens at evaluation"})
-    generation_num_beams: int = field(default=1, metadata={"help": "captioning: beams at evaluation (1 = greedy)"})
-    caption_metrics: str = field(
-        default="bleu,rouge_l,cider",
-        metadata={"help": "captioning: comma-separated metrics (bleu, meteor, rouge_l, cider, spice) at evaluation"},
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "truncate the training set (built-in shapes: images drawn, default 2000)"}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "truncate the evaluation set (built-in shapes: images drawn, default 200)"}
-    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "truncate the evaluation set"})
 
 
 def load_recipe(path: str) -> dict:
@@ -128,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(
         "family %s: %d trainable parameters, world size %d", family.name, trainable, training_args.world_size
     )
-    trainer = setup.trainer_class(
+    trainer = LeanTrainer(
         model=setup.model,
         args=training_args,
         train_dataset=setup.train_dataset,
@@ -137,7 +106,6 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=setup.processor,
         compute_metrics=setup.compute_metrics,
         preprocess_logits_for_metrics=setup.preprocess_logits_for_metrics,
-        **setup.trainer_kwargs,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
