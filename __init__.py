@@ -1,14 +1,29 @@
 """leanvision: token-efficient vision-language models that behave like any model on the Hugging Face Hub.
 
-Importing the package registers its configs and models with transformers' Auto classes, so folders saved by
-`training/train.py` load with `AutoModel...from_pretrained(folder)` while leanvision is installed; exported bundles
-load anywhere with `trust_remote_code=True`.
+Importing the package registers its configs, models and processors with transformers' Auto classes, so folders
+saved by `training/train.py` load with `AutoModel...from_pretrained(folder)` while leanvision is installed, and
+registers the "image-to-text" pipeline of its captioners; exported bundles load anywhere with
+`trust_remote_code=True`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration.configuration_dtp_vit import DTPViTConfig
+from .configuration.configuration_gated_sparse_blip import GatedSparseBlipConfig
+from .configuration.configuration_qvision import QVisionConfig
 from .modeling.modeling_dtp_vit import DTPViTForImageClassification, DTPViTModel
+from .modeling.modeling_gated_sparse_blip import GatedSparseBlipForConditionalGeneration, GatedSparseBlipModel
+from .processing.pipeline_image_to_text import ImageToTextPipeline
+from .modeling.modeling_qvision import QVisionForConditionalGeneration, QVisionModel
+from .processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
+from .processing.processing_qvision import QVisionProcessor
 
 __version__ = "0.1.0"
 
@@ -16,4 +31,34 @@ AutoConfig.register(DTPViTConfig.model_type, DTPViTConfig, exist_ok=True)
 AutoModel.register(DTPViTConfig, DTPViTModel, exist_ok=True)
 AutoModelForImageClassification.register(DTPViTConfig, DTPViTForImageClassification, exist_ok=True)
 
-__all__ = ["DTPViTConfig", "DTPViTModel", "DTPViTForImageClassification"]
+AutoConfig.register(GatedSparseBlipConfig.model_type, GatedSparseBlipConfig, exist_ok=True)
+AutoModel.register(GatedSparseBlipConfig, GatedSparseBlipModel, exist_ok=True)
+AutoModelForImageTextToText.register(GatedSparseBlipConfig, GatedSparseBlipForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(GatedSparseBlipConfig, GatedSparseBlipProcessor, exist_ok=True)
+
+AutoConfig.register(QVisionConfig.model_type, QVisionConfig, exist_ok=True)
+AutoModel.register(QVisionConfig, QVisionModel, exist_ok=True)
+AutoModelForImageTextToText.register(QVisionConfig, QVisionForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(QVisionConfig, QVisionProcessor, exist_ok=True)
+
+# Lets `ImageToTextPipeline(...).save_pretrained()` write `custom_pipelines`. For a folder saved by train.py (no
+# custom_pipelines entry), use `pipeline("image-text-to-text", model=folder, pipeline_class=ImageToTextPipeline)`:
+# transformers redirects the bare "image-to-text" task name to that one.
+PIPELINE_REGISTRY.register_pipeline(
+    "image-to-text", pipeline_class=ImageToTextPipeline, pt_model=AutoModelForImageTextToText
+)
+
+__all__ = [
+    "DTPViTConfig",
+    "DTPViTModel",
+    "DTPViTForImageClassification",
+    "GatedSparseBlipConfig",
+    "GatedSparseBlipModel",
+    "GatedSparseBlipForConditionalGeneration",
+    "GatedSparseBlipProcessor",
+    "ImageToTextPipeline",
+    "QVisionConfig",
+    "QVisionModel",
+    "QVisionForConditionalGeneration",
+    "QVisionProcessor",
+]

@@ -4,6 +4,85 @@ import argparse
 import sys
 
 
+def _cmd_ablate(args) -> int:
+    from .training.ablation import format_table, run_ablation
+
+    rows = run_ablation(args.family, quick=args.quick, out_dir=args.out_dir, seed=args.seed)
+    print(format_table(rows))
+    return 0
+
+
+def _decoding(args) -> dict:
+    from .training.task_captioning import decoding_kwargs
+
+    return decoding_kwargs(args.greedy, args.beams, args.temperature, args.max_new_tokens)
+
+
+def _cmd_caption(args) -> int:
+    import torch
+    from PIL import Image
+
+    from .training.files import image_files
+    from .training.task_captioning import caption_images, load_captioner
+
+    generation_kwargs = _decoding(args)
+    files = image_files(args.paths)
+    _, model, processor = load_captioner(args.model)
+    torch.manual_seed(args.seed)
+    images = [Image.open(path) for path in files]
+    for path, caption in zip(files, caption_images(model, processor, images, generation_kwargs, args.batch_size)):
+        print(f"{path}\t{caption}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .training.files import write_json_atomically
+    from .training.task_captioning import evaluate_captioner
+
+    report = evaluate_captioner(
+        args.model_dir, args.dataset, split=args.split, max_samples=args.max_samples, metrics=args.metrics,
+        generation_kwargs=_decoding(args), caption_column=args.caption_column,
+        references_column=args.references_column, image_column=args.image_column, batch_size=args.batch_size,
+        config_name=args.dataset_config,
+    )
+    for name, value in report["scores"].items():
+        print(f"{name}: {value if value is None else round(value, 4)}")
+    for name, reason in report["skipped"].items():
+        print(f"{name} skipped: {reason}")
+    if args.out:
+        write_json_atomically(args.out, report)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_params(args) -> int:
+    from .training.params import params_report
+
+    print(params_report(args.model, args.recipe))
+    return 0
+
+
+def _cmd_analyze(args) -> int:
+    from .training.analyze import analyze_saved_model
+
+    result = analyze_saved_model(
+        args.model, args.images, args.out_dir, captions=args.captions, max_new_tokens=args.max_new_tokens
+    )
+    for path in result["paths"].values():
+        for one in path if isinstance(path, list) else [path]:
+            print(one)
+    return 0
+
+
+def _add_decoding_flags(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="greedy decoding (the default)")
+    mode.add_argument("--beams", type=int, help="beam search with N beams")
+    mode.add_argument("--temperature", type=float, help="sample with this temperature (no top-k cut)")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="longest caption in tokens")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per generate() call")
+
+
 def _cmd_export(args) -> int:
     from .training.export import export_model
 
@@ -51,6 +130,66 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
+        "ablate",
+        help="train a family on shapes across its ablation grid and print a table of caption scores",
+        description="gated_sparse_blip: trains the shapes recipe with one seed for attention sparsity 0 / 0.5 / 0.7 "
+        "x token gating on / off, then prints BLEU-4, METEOR, ROUGE-L, CIDEr on held-out shapes and the fraction of "
+        "attention connections kept, measured from the attention probabilities.",
+    )
+    p.add_argument("family", choices=["gated_sparse_blip"], help="model family to ablate")
+    p.add_argument("--quick", action="store_true", help="CI-size runs: fewer images and epochs")
+    p.add_argument("--out-dir", default="outputs/ablation", help="where each run's model is saved")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every run")
+    p.set_defaults(func=_cmd_ablate)
+
+    p = sub.add_parser(
+        "analyze",
+        help="QVision: query-to-patch and word-to-query attention overlays and the token-similarity report",
+        description="For each image: the Q-Former's query-to-patch attention over the patch grid and the decoder's "
+        "word-to-query attention (for the generated caption, or --captions) as PNG overlays; with a global token, "
+        "the global-vs-query cosine similarity matrix and the global token's discriminative power across the "
+        "images as PNG + JSON.",
+    )
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="a saved or exported QVision model folder")
+    p.add_argument("--out-dir", default="analysis", help="where to write the PNG and JSON files")
+    p.add_argument("--captions", nargs="+", help="teacher-forced captions, one per image (default: generate)")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="longest generated caption")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser(
+        "caption",
+        help="caption images or folders of images with a captioning model",
+        description="Prints PATH<TAB>caption for each image (folders: their jpg, jpeg, png, bmp and webp files).",
+    )
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="a saved or exported captioning model folder")
+    p.add_argument("--seed", type=int, default=0, help="seed for temperature sampling")
+    _add_decoding_flags(p)
+    p.set_defaults(func=_cmd_caption)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="generation-based caption scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) of a model on a dataset",
+        description="Captions every example of a dataset split and scores the captions against their references "
+        "with COCO caption metrics (pycocoevalcap, PTB tokenisation). --dataset shapes is the built-in shapes test "
+        "split; otherwise a Hub dataset, a save_to_disk folder or a local data folder with an image (or latent) "
+        "column and a caption column.",
+    )
+    p.add_argument("model_dir", help="a saved or exported captioning model folder")
+    p.add_argument("--dataset", required=True, help="'shapes', a Hub dataset name or a local folder")
+    p.add_argument("--dataset-config", help="dataset configuration name")
+    p.add_argument("--split", help="split to evaluate (default: test, else validation, else train)")
+    p.add_argument("--max-samples", type=int, help="evaluate the first N examples (shapes: draw N images)")
+    p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,spice", help="comma-separated metric names")
+    p.add_argument("--caption-column", default="caption", help="column of the caption(s)")
+    p.add_argument("--references-column", default="captions", help="column of reference captions, if present")
+    p.add_argument("--image-column", default="image", help="column of the images")
+    p.add_argument("--out", help="write the scores to this JSON file (atomically)")
+    _add_decoding_flags(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
         "export",
         help="write a flat Hub-ready folder (safetensors, processor, remote code, README) from a trained model",
         description="Export MODEL_DIR (a folder saved by training/train.py) as a flat bundle loadable with "
@@ -71,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224, help="input resolution")
     p.add_argument("--patch-size", type=int, default=32, help="patch size")
     p.set_defaults(func=_cmd_flops)
+
+    p = sub.add_parser(
+        "params",
+        help="table of total and trainable parameters per component, per freezing phase of a recipe",
+        description="Counts parameters per top-level component (for QVision: vision, projection, Q-Former, "
+        "cross-attention, LM) without downloading or allocating weights. Without --model: the seed-size QVision "
+        "(CLIP ViT-B/32 + GPT-Neo-125M widths).",
+    )
+    p.add_argument("--model", help="a saved model folder (default: the seed-size QVision configuration)")
+    p.add_argument("--recipe", help="a recipe with a `freezing` schedule: one trainable column per phase")
+    p.set_defaults(func=_cmd_params)
 
     p = sub.add_parser(
         "train",

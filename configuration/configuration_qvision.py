@@ -52,6 +52,11 @@ class QVisionConfig(PreTrainedConfig):
             Q-Former feed-forward width. Defaults to `4 * qformer_hidden_size`.
         vision_feature_layer (`int`, *optional*, defaults to -1):
             Index into the CLIP hidden states (0 = embeddings, -1 = last layer) whose patch tokens feed the Q-Former.
+        patch_position_encoding (`bool`, *optional*, defaults to `False`):
+            Add a fixed 2D sine-cosine position encoding to the (layer-normed) patch features the Q-Former attends
+            to. A pretrained CLIP's features already carry position; a randomly initialised frozen tower's barely do
+            (its position embeddings are small next to the patch content), so a model trained from scratch cannot
+            tell where things are without it. Needs `qformer_hidden_size` divisible by 4.
         cross_attention_every_n (`int`, *optional*, defaults to 4):
             A gated cross-attention block is inserted before decoder block `i` whenever `(i + 1) % n == 0`
             (the Flamingo / OpenFlamingo convention). Must be between 1 and the number of decoder blocks.
@@ -81,6 +86,7 @@ class QVisionConfig(PreTrainedConfig):
     qformer_dropout: float = 0.1
     qformer_intermediate_size: int | None = None
     vision_feature_layer: int = -1
+    patch_position_encoding: bool = False
     cross_attention_every_n: int = 4
     initializer_range: float = 0.02
 
@@ -103,8 +109,13 @@ class QVisionConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if not isinstance(self.use_global_token, bool):
-            raise ValueError(f"`use_global_token` must be a bool, got {self.use_global_token!r}.")
+        for name in ("use_global_token", "patch_position_encoding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
+        if self.patch_position_encoding and self.qformer_hidden_size % 4 != 0:
+            raise ValueError(
+                f"`patch_position_encoding` needs `qformer_hidden_size` divisible by 4, got {self.qformer_hidden_size}."
+            )
         if self.qformer_hidden_size % self.qformer_num_heads != 0:
             raise ValueError(
                 f"`qformer_num_heads` ({self.qformer_num_heads}) must divide `qformer_hidden_size` "

@@ -658,7 +658,12 @@ class GatedSparseBlipModel(GatedSparseBlipPreTrainedModel):
             from diffusers import AutoencoderKL
         except ImportError as error:
             raise ImportError("`vae_config` needs the `diffusers` package (`pip install diffusers`).") from error
-        return AutoencoderKL(**vae_config).requires_grad_(False).eval()
+        vae = AutoencoderKL(**vae_config).requires_grad_(False).eval()
+        # The VAE keeps diffusers' initialisation: `_init_weights` (normal, std 0.02) would shrink a random VAE's
+        # latents about 20x. Real use loads pretrained VAE weights over it.
+        for module in vae.modules():
+            module._is_hf_initialized = True
+        return vae
 
     def train(self, mode: bool = True):
         # The VAE stays frozen in every mode. `from_pretrained` loads fresh (trainable) parameters and then calls

@@ -92,6 +92,10 @@ class QVisionCausalLMOutputWithPast(ModelOutput):
             Q-Former self-attention maps (only when the image tokens were computed in this call).
         qformer_cross_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
             Q-Former maps over the image patches (only when the image tokens were computed in this call).
+        image_key_values (`tuple(tuple(torch.FloatTensor))`, *optional*, returned with `use_cache=True`):
+            `(key, value)` of the image tokens in every gated cross-attention block, in decoder order, each
+            `(batch_size, num_heads, num_tokens, head_dim)`; generation passes them back in, so the image tokens are
+            projected once per caption instead of once per generated token.
     """
 
     loss: torch.FloatTensor | None = None
@@ -103,12 +107,14 @@ class QVisionCausalLMOutputWithPast(ModelOutput):
     image_embeds: torch.FloatTensor | None = None
     qformer_self_attentions: tuple[torch.FloatTensor, ...] | None = None
     qformer_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_key_values: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
 
 
 class QVisionAttention(nn.Module):
     """
     Multi-head attention `Attn(X, Y) = softmax(Q K^T / sqrt(d_head)) V W_o` with `Q = X W_q`, `K = Y W_k`,
-    `V = Y W_v`; self-attention when `Y = X`. No mask: queries and image tokens are all valid.
+    `V = Y W_v`; self-attention when `Y = X`. No mask: queries and image tokens are all valid. `(K, V)` of a fixed
+    `Y` can be computed once with `project_key_value(Y)` and passed in as `key_value`.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
@@ -127,13 +133,20 @@ class QVisionAttention(nn.Module):
         batch_size, length, _ = x.shape
         return x.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def project_key_value(self, key_value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(K, V)` of `key_value_states`, split into heads: `(batch_size, num_heads, length, head_dim)` each."""
+        return self._split_heads(self.k_proj(key_value_states)), self._split_heads(self.v_proj(key_value_states))
+
     def forward(
-        self, hidden_states: torch.Tensor, key_value_states: torch.Tensor | None = None
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        key_value_states = hidden_states if key_value_states is None else key_value_states
+        if key_value is None:
+            key_value = self.project_key_value(hidden_states if key_value_states is None else key_value_states)
+        key, value = key_value
         query = self._split_heads(self.q_proj(hidden_states))
-        key = self._split_heads(self.k_proj(key_value_states))
-        value = self._split_heads(self.v_proj(key_value_states))
 
         scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.head_dim)
         weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
@@ -188,11 +201,29 @@ class QFormerBlock(nn.Module):
         return hidden_states, self_weights, cross_weights
 
 
+def patch_position_encoding(grid_size: int, dim: int) -> torch.Tensor:
+    """
+    Fixed 2D sine-cosine encoding of a `grid_size x grid_size` patch grid in raster order, `(grid_size**2, dim)`:
+    the first `dim / 2` features encode the row `r`, the others the column `c`, each as
+    `[sin(p w_0) .. sin(p w_{k-1}), cos(p w_0) .. cos(p w_{k-1})]` with `w_i = 10000^(-i / k)`, `k = dim / 4`.
+    """
+    k = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(k, dtype=torch.float64) / k)
+    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+
+    def encode(positions):
+        angles = positions.flatten().double()[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+
+
 class QFormer(nn.Module):
     """
     Querying transformer: learned tokens `h_0 = [g; q_1..q_Q]` (the global token `g` is optional) read the image
     features `v` through a stack of [`QFormerBlock`]s; output `LN(h_L)`. The image features are layer-normed once,
-    `v = LN_v(patch_features)`, before every block attends to them.
+    `v = LN_v(patch_features)` (`+ E` with `config.patch_position_encoding`, `E` = [`patch_position_encoding`] of
+    the patch grid), before every block attends to them.
     """
 
     def __init__(self, config: QVisionConfig):
@@ -201,6 +232,12 @@ class QFormer(nn.Module):
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, hidden_size))
         self.global_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if config.use_global_token else None
         self.image_layernorm = nn.LayerNorm(hidden_size)
+        self.grid_size = config.vision_config.image_size // config.vision_config.patch_size
+        # Not saved: computed here and by `_init_weights` when loading (None without the encoding).
+        encoding = None
+        if config.patch_position_encoding:
+            encoding = patch_position_encoding(self.grid_size, hidden_size)[None]
+        self.register_buffer("patch_position", encoding, persistent=False)
         self.layers = nn.ModuleList([QFormerBlock(config) for _ in range(config.qformer_num_layers)])
         self.layernorm = nn.LayerNorm(hidden_size)
 
@@ -211,6 +248,8 @@ class QFormer(nn.Module):
             tokens = torch.cat([self.global_token, tokens], dim=1)
         hidden_states = tokens.expand(batch_size, -1, -1)
         image_features = self.image_layernorm(patch_features)
+        if self.patch_position is not None:
+            image_features = image_features + self.patch_position.to(image_features.dtype)
 
         self_attentions = () if output_attentions else None
         cross_attentions = () if output_attentions else None
@@ -248,8 +287,14 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ffn_gate = nn.Parameter(torch.zeros(1))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, hidden_states: torch.Tensor, image_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        attn_output, weights = self.attn(self.attn_layernorm(hidden_states), image_embeds)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        image_embeds: torch.Tensor | None = None,
+        image_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attends to `image_embeds`, or to their precomputed `image_key_value = self.attn.project_key_value(y)`."""
+        attn_output, weights = self.attn(self.attn_layernorm(hidden_states), image_embeds, key_value=image_key_value)
         hidden_states = hidden_states + self.attn_gate.tanh() * self.dropout(attn_output)
         ffn_output = self.ffn(self.ffn_layernorm(hidden_states))
         hidden_states = hidden_states + self.ffn_gate.tanh() * self.dropout(ffn_output)
@@ -269,6 +314,9 @@ class QVisionPreTrainedModel(PreTrainedModel):
             init.normal_(module.query_tokens, mean=0.0, std=std)
             if module.global_token is not None:
                 init.normal_(module.global_token, mean=0.0, std=std)
+            if module.patch_position is not None:
+                encoding = patch_position_encoding(module.grid_size, module.patch_position.shape[-1])
+                init.copy_(module.patch_position, encoding[None])
         elif isinstance(module, GatedCrossAttentionBlock):
             init.zeros_(module.attn_gate)
             init.zeros_(module.ffn_gate)
@@ -444,6 +492,7 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         image_embeds: torch.FloatTensor | None = None,
+        image_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_dict: bool | None = None,
     ) -> QVisionCausalLMOutputWithPast | tuple:
@@ -458,6 +507,9 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
             GPT-Neo key/value cache from a previous call (`past_key_values` is accepted as its older name).
         image_embeds (`torch.FloatTensor` of shape `(batch_size, num_tokens, text_hidden_size)`, *optional*):
             Precomputed image tokens (`outputs.image_embeds`), used instead of `pixel_values`.
+        image_key_values (`tuple(tuple(torch.FloatTensor, torch.FloatTensor))`, *optional*):
+            The image keys and values of every gated cross-attention block from a previous call with the same image
+            tokens and `use_cache=True` (`outputs.image_key_values`); they are computed when not given.
         logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
             Compute logits only for the last `logits_to_keep` positions (0: all), or for the given indices.
         """
@@ -497,13 +549,19 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
         )
         hidden_states = transformer.drop(inputs_embeds + transformer.wpe(position_ids))
         image_embeds = image_embeds.to(hidden_states.dtype)
+        blocks = self.cross_attention_blocks
+        if use_cache and image_key_values is None:
+            image_key_values = tuple(block.attn.project_key_value(image_embeds) for block in blocks.values())
+        block_key_values = dict(zip(blocks, image_key_values)) if image_key_values is not None else {}
 
         all_hidden_states = () if output_hidden_states else None
         all_self_attentions = () if output_attentions else None
         all_cross_attentions = () if output_attentions else None
         for i, block in enumerate(transformer.h):
-            if str(i) in self.cross_attention_blocks:
-                hidden_states, cross_weights = self.cross_attention_blocks[str(i)](hidden_states, image_embeds)
+            if str(i) in blocks:
+                hidden_states, cross_weights = blocks[str(i)](
+                    hidden_states, image_embeds, image_key_value=block_key_values.get(str(i))
+                )
                 if output_attentions:
                     all_cross_attentions += (cross_weights,)
             if output_hidden_states:
@@ -542,6 +600,7 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
             image_embeds=image_embeds,
             qformer_self_attentions=image_outputs.qformer_self_attentions if image_outputs is not None else None,
             qformer_cross_attentions=image_outputs.qformer_cross_attentions if image_outputs is not None else None,
+            image_key_values=image_key_values if use_cache else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -571,7 +630,16 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
         model_kwargs["image_embeds"] = outputs.image_embeds
+        if outputs.image_key_values is not None:
+            model_kwargs["image_key_values"] = outputs.image_key_values
         return model_kwargs
 
 
-__all__ = ["QVisionPreTrainedModel", "QVisionModel", "QVisionForConditionalGeneration", "QFormer", "QFormerBlock"]
+__all__ = [
+    "QVisionPreTrainedModel",
+    "QVisionModel",
+    "QVisionForConditionalGeneration",
+    "QFormer",
+    "QFormerBlock",
+    "patch_position_encoding",
+]

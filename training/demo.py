@@ -1,4 +1,5 @@
-"""`make demo`: train, evaluate, export and reload a small DTP-ViT on scikit-learn's digits, then summarise."""
+"""`make demo`: train, evaluate, export and reload a small DTP-ViT on scikit-learn's digits and a small
+GatedSparseBlip captioner on the shapes set, then summarise."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import time
 from .data import digits_dataset
 from .export import export_model
 from .families import get_family
+from .shapes import shapes_splits
 from .train import main as train_main
 from .visualize import visualize_boundaries
 
@@ -25,14 +27,27 @@ print(json.dumps([classify(path, top_k=1)[0] for path in images]))
 """
 
 
-def classify_in_fresh_process(export_dir: str, image_paths: list[str]) -> list[dict]:
-    result = subprocess.run(
-        [sys.executable, "-c", _FRESH_CLASSIFY, export_dir, *image_paths],
-        capture_output=True, text=True, check=False,
-    )
+# Captions images with the exported bundle through the "image-to-text" pipeline, leanvision not importable.
+_FRESH_CAPTION = """
+import json, sys
+sys.modules["leanvision"] = None
+from transformers import pipeline
+export_dir, images = sys.argv[1], sys.argv[2:]
+caption = pipeline("image-to-text", model=export_dir, trust_remote_code=True)
+print(json.dumps([caption(path, do_sample=False)[0]["generated_text"] for path in images]))
+"""
+
+
+def run_fresh_script(script: str, *args: str) -> list:
+    """Runs `script` in a new interpreter and returns the JSON of its last output line."""
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"reloading the export in a fresh interpreter failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def classify_in_fresh_process(export_dir: str, image_paths: list[str]) -> list[dict]:
+    return run_fresh_script(_FRESH_CLASSIFY, export_dir, *image_paths)
 
 
 def run_dtp_vit(out_root: str) -> dict:
@@ -70,9 +85,38 @@ def run_dtp_vit(out_root: str) -> dict:
     }
 
 
+def run_captioner(out_root: str, recipe: str) -> dict:
+    """Trains a captioning shapes recipe (generation-based evaluation on held-out shapes), exports it and captions
+    held-out images with the export in a fresh interpreter."""
+    model_dir = os.path.join(out_root, recipe)
+    export_dir = os.path.join(out_root, f"{recipe}-export")
+    start = time.time()
+    metrics = train_main([os.path.join(RECIPES, f"{recipe}.yaml"), "--output_dir", model_dir, "--disable_tqdm", "true"])
+    export_model(model_dir, export_dir, overwrite=True)
+
+    test = shapes_splits(train=0, test=3, seed=1)["test"]
+    samples_dir = os.path.join(out_root, "shapes_samples")
+    os.makedirs(samples_dir, exist_ok=True)
+    paths = []
+    for i, image in enumerate(test["image"]):
+        paths.append(os.path.join(samples_dir, f"shapes_{i}.png"))
+        image.save(paths[-1])
+    captions = run_fresh_script(_FRESH_CAPTION, export_dir, *paths)
+    return {
+        "metrics": {k.removeprefix("eval_"): metrics[k] for k in ("eval_bleu_4", "eval_rouge_l", "eval_cider")},
+        "seconds": time.time() - start,
+        "export": export_dir,
+        "captions": list(zip(paths, captions, test["caption"])),
+    }
+
+
 def main() -> None:
     out_root = os.environ.get("LEANVISION_DEMO_DIR", "outputs/demo")
     dtp = run_dtp_vit(out_root)
+    captioners = {
+        "GatedSparseBlip": run_captioner(out_root, "gated_sparse_blip_shapes"),
+        "QVisionMultiModel": run_captioner(out_root, "qvision_shapes"),
+    }
     print("\n=== leanvision demo summary ===")
     print(
         f"DTP-ViT on digits: test accuracy {dtp['accuracy']:.3f}, boundary ratio {dtp['boundary_ratio']:.3f} "
@@ -81,6 +125,12 @@ def main() -> None:
     print(f"  export: {dtp['export']} (reloaded with trust_remote_code=True in a fresh interpreter)")
     print("  fresh-process predictions (predicted, true): " + ", ".join(f"{p}/{t}" for p, t in dtp["predictions"]))
     print("  boundary figures: " + ", ".join(dtp["figures"]))
+    for label, run in captioners.items():
+        scores = ", ".join(f"{name} {value:.3f}" for name, value in run["metrics"].items())
+        print(f"{label} on shapes (held-out captions): {scores}, {run['seconds']:.0f} s")
+        print(f"  export: {run['export']} (captioned with pipeline('image-to-text') in a fresh interpreter)")
+        for path, caption, truth in run["captions"]:
+            print(f"  {os.path.basename(path)}: {caption!r} (true: {truth!r})")
 
 
 if __name__ == "__main__":

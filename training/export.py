@@ -35,6 +35,20 @@ def replace_dir_atomically(tmp_dir: str, out_dir: str) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def add_processor_auto_map(bundle_dir: str, auto_map: dict[str, str]) -> None:
+    """Writes `auto_map` (e.g. `{"AutoProcessor": "processing_x.XProcessor"}`) into processor_config.json by hand:
+    `register_for_auto_class` would instead copy the package-form processor source next to it."""
+    path = os.path.join(bundle_dir, "processor_config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"the processor wrote no processor_config.json in {bundle_dir!r}")
+    with open(path) as f:
+        processor_config = json.load(f)
+    processor_config["auto_map"] = dict(auto_map)
+    with open(path, "w") as f:
+        json.dump(processor_config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def read_eval_results(model_dir: str) -> dict:
     """Evaluation metrics saved by `train.py` (eval_results.json), if any."""
     path = os.path.join(model_dir, "eval_results.json")
@@ -61,8 +75,12 @@ def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
             with open(os.path.join(tmp_dir, os.path.basename(relative)), "w") as f:
                 f.write(text)
         model.config.auto_map = dict(family.auto_map)
+        if family.custom_pipelines:
+            model.config.custom_pipelines = json.loads(json.dumps(family.custom_pipelines))
         model.save_pretrained(tmp_dir)
         processor.save_pretrained(tmp_dir)
+        if family.processor_auto_map:
+            add_processor_auto_map(tmp_dir, family.processor_auto_map)
         metrics = read_eval_results(model_dir)
         if metrics:
             with open(os.path.join(tmp_dir, "eval_results.json"), "w") as f:

@@ -1,18 +1,23 @@
 """Per-task training set-up: model, processor, datasets, collator and metrics for `train.py`."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
 from ..processing.processing_dtp_vit import build_image_processor
+from .captioning_data import resolve_eval_split
 from .data import digits_dataset, label_names, load_any_dataset, split_for_eval
+from .task_captioning import setup_captioning as prepare_captioning
+from .trainer import LeanTrainer
 
 
 @dataclass
 class TaskSetup:
+    """What `train.py` hands to the Trainer: `trainer_class(model=..., **trainer_kwargs, ...)`."""
+
     model: torch.nn.Module
     processor: object
     train_dataset: object
@@ -20,6 +25,8 @@ class TaskSetup:
     data_collator: Callable
     compute_metrics: Callable | None = None
     preprocess_logits_for_metrics: Callable | None = None
+    trainer_class: type = LeanTrainer
+    trainer_kwargs: dict = field(default_factory=dict)
 
 
 def parse_config_overrides(overrides) -> dict:
@@ -48,8 +55,9 @@ def build_model(family, model_args, **config_kwargs):
 def setup_image_classification(family, model_args, data_args, training_args) -> TaskSetup:
     if data_args.dataset_name:
         data = load_any_dataset(data_args.dataset_name, data_args.dataset_config_name)
+        eval_split = resolve_eval_split(data, data_args.eval_split)
         train, evaluation = split_for_eval(
-            data, data_args.train_split, data_args.eval_split, data_args.eval_fraction, training_args.seed
+            data, data_args.train_split, eval_split, data_args.eval_fraction, training_args.seed
         )
     else:
         data = digits_dataset(seed=training_args.seed)
@@ -106,4 +114,10 @@ def setup_image_classification(family, model_args, data_args, training_args) -> 
     )
 
 
-TASKS = {"image_classification": setup_image_classification}
+def setup_captioning(family, model_args, data_args, training_args) -> TaskSetup:
+    """Image captioning for any family with a `build_captioner` (see `task_captioning.py`)."""
+    overrides = parse_config_overrides(model_args.config_overrides)
+    return TaskSetup(**prepare_captioning(family, model_args, data_args, training_args, overrides))
+
+
+TASKS = {"image_classification": setup_image_classification, "captioning": setup_captioning}

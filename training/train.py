@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, fields
 import yaml
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
+from leanvision.training.callbacks import build_freezing_callback
 from leanvision.training.families import FAMILIES, get_family
 from leanvision.training.tasks import TASKS
-from leanvision.training.trainer import LeanTrainer
 
 logger = logging.getLogger("leanvision.train")
 
@@ -33,6 +33,31 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None, metadata={"help": "JSON object of config fields, e.g. '{\"compression_rate\": 0.25}'"}
+    )
+    init_from_blip: str | None = field(
+        default=None,
+        metadata={"help": "captioning: start the text decoder and tokenizer from this BLIP captioning checkpoint"},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "captioning: tokenizer for a fresh model; default: a word-level vocabulary of the captions"},
+    )
+    vae_name_or_path: str | None = field(
+        default=None, metadata={"help": "latent captioners: load this diffusers AutoencoderKL into the model"}
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "captioning: processor image size; default: the vision tower's, or the VAE's sample_size"},
+    )
+    vision_backbone: str | None = field(
+        default=None, metadata={"help": "qvision_multimodel: pretrained CLIP checkpoint (with text_backbone)"}
+    )
+    text_backbone: str | None = field(
+        default=None, metadata={"help": "qvision_multimodel: pretrained GPT-Neo checkpoint (with vision_backbone)"}
+    )
+    freezing: str | None = field(
+        default=None,
+        metadata={"help": "progressive freezing: JSON list of phases (see training/callbacks.py); a list in a recipe"},
     )
 
 
@@ -50,8 +75,26 @@ class DataArguments:
     eval_fraction: float = field(default=0.1, metadata={"help": "fraction of train held out when no eval split"})
     image_column: str = field(default="image", metadata={"help": "column holding the images"})
     label_column: str = field(default="label", metadata={"help": "column holding the class labels"})
-    max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set"})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "truncate the evaluation set"})
+    caption_column: str = field(
+        default="caption", metadata={"help": "captioning: column of the caption (a string or a list of strings)"}
+    )
+    references_column: str | None = field(
+        default="captions",
+        metadata={"help": "captioning: column of the reference captions for evaluation, if present; else captions"},
+    )
+    max_caption_length: int = field(default=64, metadata={"help": "captioning: token limit of training captions"})
+    generation_max_new_tokens: int = field(default=40, metadata={"help": "captioning: generated tokens at evaluation"})
+    generation_num_beams: int = field(default=1, metadata={"help": "captioning: beams at evaluation (1 = greedy)"})
+    caption_metrics: str = field(
+        default="bleu,rouge_l,cider",
+        metadata={"help": "captioning: comma-separated metrics (bleu, meteor, rouge_l, cider, spice) at evaluation"},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "truncate the training set (built-in shapes: images drawn, default 2000)"}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "truncate the evaluation set (built-in shapes: images drawn, default 200)"}
+    )
 
 
 def load_recipe(path: str) -> dict:
@@ -73,8 +116,9 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Training
     unknown = sorted(set(recipe) - known)
     if unknown:
         raise ValueError(f"unknown recipe keys: {unknown}")
-    if isinstance(recipe.get("config_overrides"), dict):
-        recipe["config_overrides"] = json.dumps(recipe["config_overrides"])
+    for key, kind in (("config_overrides", dict), ("freezing", list)):
+        if isinstance(recipe.get(key), kind):
+            recipe[key] = json.dumps(recipe[key])
     get_family(recipe.get("family", "dtp_vit"))
     parser.set_defaults(**recipe)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
@@ -93,11 +137,12 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
 
     setup = TASKS[family.task](family, model_args, data_args, training_args)
+    freezing = build_freezing_callback(model_args.freezing, model=setup.model)
     trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
     logger.info(
         "family %s: %d trainable parameters, world size %d", family.name, trainable, training_args.world_size
     )
-    trainer = LeanTrainer(
+    trainer = setup.trainer_class(
         model=setup.model,
         args=training_args,
         train_dataset=setup.train_dataset,
@@ -106,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=setup.processor,
         compute_metrics=setup.compute_metrics,
         preprocess_logits_for_metrics=setup.preprocess_logits_for_metrics,
+        callbacks=[freezing] if freezing else None,
+        **setup.trainer_kwargs,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()

@@ -1,0 +1,195 @@
+"""`leanvision.training.analyze` on a tiny QVision: files, attention normalisation, values equal direct computations."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import CLIPImageProcessor, GPT2Tokenizer
+
+from leanvision.configuration.configuration_qvision import QVisionConfig
+from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
+from leanvision.processing.processing_qvision import QVisionProcessor
+from leanvision.training.analyze import analyze, analyze_saved_model, token_similarity
+from leanvision.training.files import image_files
+
+CAPTIONS = ["a red circle at the top", "a blue square on the left", "two green triangles"]
+VOCAB_SIZE = 300
+NUM_QUERIES = 4
+GRID = 4  # 32 px images, 8 px patches
+
+
+def tiny_model(**overrides) -> QVisionForConditionalGeneration:
+    torch.manual_seed(0)
+    config = QVisionConfig(
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+            patch_size=32 // GRID,
+        ),
+        text_config=dict(
+            vocab_size=VOCAB_SIZE, hidden_size=32, num_layers=4, num_heads=4, max_position_embeddings=64,
+            attention_types=[[["global", "local"], 2]], window_size=8, bos_token_id=0, eos_token_id=0,
+        ),
+        num_query_tokens=NUM_QUERIES, qformer_hidden_size=32, qformer_num_layers=2, qformer_num_heads=4,
+        cross_attention_every_n=2, **overrides,
+    )
+    model = QVisionForConditionalGeneration(config).eval()
+    with torch.no_grad():  # open the gates so that the words depend on the image tokens
+        for block in model.cross_attention_blocks.values():
+            block.attn_gate.fill_(1.0)
+            block.ffn_gate.fill_(1.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def processor():
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(CAPTIONS, trainer)
+    vocab = json.loads(bpe.to_str())["model"]
+    tokenizer = GPT2Tokenizer(vocab=vocab["vocab"], merges=[tuple(m) for m in vocab["merges"]])
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return QVisionProcessor(image_processor, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def teacher_forced(processor, images, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("analysis")
+    model = tiny_model()
+    return model, out_dir, analyze(model, processor, images, str(out_dir), captions=CAPTIONS)
+
+
+def test_writes_every_file_atomically(teacher_forced):
+    _, out_dir, result = teacher_forced
+    paths = result["paths"]
+    assert len(paths["query_to_patch"]) == len(paths["word_to_query"]) == len(paths["word_to_patch"]) == 3
+    for path in paths["query_to_patch"] + paths["word_to_query"] + paths["word_to_patch"] + [
+        paths["token_similarity_png"]
+    ]:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(
+        [f"{kind}_{i}.png" for kind in ("query_to_patch", "word_to_query", "word_to_patch") for i in range(3)]
+        + ["attention.json", "token_similarity.json", "token_similarity.png"]
+    )  # no temporary files left behind
+
+
+def test_attention_maps_are_distributions_over_the_patch_grid(teacher_forced):
+    _, out_dir, result = teacher_forced
+    query_to_patch = result["query_to_patch"]
+    assert query_to_patch.shape == (3, 1 + NUM_QUERIES, GRID * GRID)
+    np.testing.assert_allclose(query_to_patch.sum(-1), 1.0, atol=1e-5)
+    for word_to_query, word_to_patch in zip(result["word_to_query"], result["word_to_patch"]):
+        np.testing.assert_allclose(word_to_query.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(word_to_patch.sum(-1), 1.0, atol=1e-5)
+    saved = json.loads((out_dir / "attention.json").read_text())
+    assert saved["patch_grid"] == GRID and saved["tokens"] == ["g", "q1", "q2", "q3", "q4"]
+    np.testing.assert_allclose(saved["images"][1]["query_to_patch"], query_to_patch[1])
+
+
+def test_maps_equal_a_direct_computation(teacher_forced, processor, images):
+    model, _, result = teacher_forced
+    pixel_values = processor(images=images)["pixel_values"]
+    with torch.no_grad():
+        image_out = model.get_image_features(pixel_values, output_attentions=True)
+        expected_qp = image_out.qformer_cross_attentions[-1].mean(1)
+        np.testing.assert_allclose(result["query_to_patch"], expected_qp.numpy(), atol=1e-6)
+        for i, caption in enumerate(CAPTIONS):
+            tokens = processor.tokenizer(caption, add_special_tokens=False)["input_ids"]
+            out = model(pixel_values=pixel_values[i : i + 1], input_ids=torch.tensor([[0, *tokens]]),
+                        output_attentions=True)
+            # Caption token k is predicted at position k: mean over heads, then over the two gated blocks.
+            blocks = [a[0].mean(0)[: len(tokens)] for a in out.cross_attentions]
+            expected_wq = (blocks[0] + blocks[1]) / 2
+            np.testing.assert_allclose(result["word_to_query"][i], expected_wq.numpy(), atol=1e-6)
+            np.testing.assert_allclose(
+                result["word_to_patch"][i], (expected_wq @ expected_qp[i]).numpy(), atol=1e-6
+            )
+            assert result["words"][i] == [processor.tokenizer.decode([t]) for t in tokens]
+            assert result["captions"][i] == caption
+
+
+def test_token_similarity_json_equals_a_direct_computation(teacher_forced, processor, images):
+    model, out_dir, result = teacher_forced
+    report = json.loads((out_dir / "token_similarity.json").read_text())
+    assert report == result["token_similarity"]
+    with torch.no_grad():
+        tokens = model.get_image_features(processor(images=images)["pixel_values"]).qformer_last_hidden_state
+    tokens = tokens.double()
+    g, q = tokens[:, 0], tokens[:, 1:]
+    cos = torch.nn.functional.cosine_similarity
+    global_query = cos(g[:, None, :], q, dim=-1)
+    np.testing.assert_allclose(report["global_query_cosine"], global_query.numpy(), atol=1e-9)
+    assert report["mean_global_query_cosine"] == pytest.approx(float(global_query.mean()), abs=1e-9)
+    pair_cos = [float(cos(g[i], g[k], dim=0)) for i, k in [(0, 1), (0, 2), (1, 2)]]
+    assert report["discriminative_power"] == pytest.approx(1 - np.mean(pair_cos), abs=1e-9)
+    per_image = [1 - (pair_cos[0] + pair_cos[1]) / 2, 1 - (pair_cos[0] + pair_cos[2]) / 2,
+                 1 - (pair_cos[1] + pair_cos[2]) / 2]
+    assert report["per_image_discriminative_power"] == pytest.approx(per_image, abs=1e-9)
+    assert report["num_images"] == 3 and report["num_query_tokens"] == NUM_QUERIES
+
+
+def test_discriminative_power_is_zero_for_identical_images_and_none_for_one():
+    same = torch.randn(1, 1 + NUM_QUERIES, 8).expand(3, -1, -1)
+    assert token_similarity(same)["discriminative_power"] == pytest.approx(0.0, abs=1e-12)
+    assert token_similarity(same[:1])["discriminative_power"] is None
+
+
+def test_generated_captions_and_no_global_token(processor, images, tmp_path):
+    model = tiny_model(use_global_token=False)
+    image_paths = []
+    for i, image in enumerate(images[:2]):
+        image_paths.append(str(tmp_path / f"image_{i}.png"))
+        image.save(image_paths[-1])
+    # min_new_tokens keeps eos out, so every caption has 5 tokens.
+    result = analyze(
+        model, processor, image_paths, str(tmp_path / "out"), max_new_tokens=5, generation_kwargs={"min_new_tokens": 5}
+    )
+    with torch.no_grad():
+        expected = model.generate(
+            pixel_values=processor(images=images[:2])["pixel_values"], do_sample=False, max_new_tokens=5,
+            min_new_tokens=5,
+        )
+    assert result["captions"] == processor.batch_decode(expected[:, 1:])
+    assert all(len(words) == 5 for words in result["words"])
+    assert result["query_to_patch"].shape == (2, NUM_QUERIES, GRID * GRID)
+    assert result["token_similarity"] is None and "token_similarity_json" not in result["paths"]
+    assert not (tmp_path / "out" / "token_similarity.json").exists()
+
+
+def test_analyze_saved_model_reads_folders_of_images(processor, images, tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images[:2]):
+        image.save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    result = analyze_saved_model(
+        str(tmp_path / "model"), [str(folder)], str(tmp_path / "out"), captions=CAPTIONS[:2]
+    )
+    direct = analyze(model, processor, images[:2], str(tmp_path / "direct"), captions=CAPTIONS[:2])
+    np.testing.assert_allclose(result["query_to_patch"], direct["query_to_patch"], atol=1e-6)
+    assert result["token_similarity"]["discriminative_power"] == pytest.approx(
+        direct["token_similarity"]["discriminative_power"], abs=1e-9
+    )
+    assert image_files([str(folder), str(folder / "1.png")]) == [
+        str(folder / "0.png"), str(folder / "1.png"), str(folder / "1.png")
+    ]
+    with pytest.raises(ValueError, match="not a jpg/jpeg/png/bmp/webp image file"):
+        image_files([str(folder / "notes.txt")])
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        image_files([str(folder / "missing.png")])
