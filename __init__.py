@@ -11,16 +11,20 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForImageTextToText,
+    AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .configuration.configuration_dtp_clip import DTPCLIPConfig
 from .configuration.configuration_dtp_vit import DTPViTConfig
 from .configuration.configuration_gated_sparse_blip import GatedSparseBlipConfig
 from .configuration.configuration_qvision import QVisionConfig
+from .modeling.modeling_dtp_clip import DTPCLIPModel
 from .modeling.modeling_dtp_vit import DTPViTForImageClassification, DTPViTModel
 from .modeling.modeling_gated_sparse_blip import GatedSparseBlipForConditionalGeneration, GatedSparseBlipModel
 from .processing.pipeline_image_to_text import ImageToTextPipeline
+from .processing.processing_dtp_clip import DTPCLIPProcessor
 from .modeling.modeling_qvision import QVisionForConditionalGeneration, QVisionModel
 from .processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
 from .processing.processing_qvision import QVisionProcessor
@@ -30,6 +34,11 @@ __version__ = "0.1.0"
 AutoConfig.register(DTPViTConfig.model_type, DTPViTConfig, exist_ok=True)
 AutoModel.register(DTPViTConfig, DTPViTModel, exist_ok=True)
 AutoModelForImageClassification.register(DTPViTConfig, DTPViTForImageClassification, exist_ok=True)
+
+AutoConfig.register(DTPCLIPConfig.model_type, DTPCLIPConfig, exist_ok=True)
+AutoModel.register(DTPCLIPConfig, DTPCLIPModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(DTPCLIPConfig, DTPCLIPModel, exist_ok=True)
+AutoProcessor.register(DTPCLIPConfig, DTPCLIPProcessor, exist_ok=True)
 
 AutoConfig.register(GatedSparseBlipConfig.model_type, GatedSparseBlipConfig, exist_ok=True)
 AutoModel.register(GatedSparseBlipConfig, GatedSparseBlipModel, exist_ok=True)
@@ -49,6 +58,9 @@ PIPELINE_REGISTRY.register_pipeline(
 )
 
 __all__ = [
+    "DTPCLIPConfig",
+    "DTPCLIPModel",
+    "DTPCLIPProcessor",
     "DTPViTConfig",
     "DTPViTModel",
     "DTPViTForImageClassification",

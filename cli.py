@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from .training.publish import add_arguments as add_publish_arguments
+
 
 def _cmd_ablate(args) -> int:
     from .training.ablation import format_table, run_ablation
@@ -36,23 +38,40 @@ def _cmd_caption(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    from .training.families import family_of_model_dir
     from .training.files import write_json_atomically
-    from .training.task_captioning import evaluate_captioner
 
-    report = evaluate_captioner(
-        args.model_dir, args.dataset, split=args.split, max_samples=args.max_samples, metrics=args.metrics,
-        generation_kwargs=_decoding(args), caption_column=args.caption_column,
-        references_column=args.references_column, image_column=args.image_column, batch_size=args.batch_size,
-        config_name=args.dataset_config,
-    )
+    if family_of_model_dir(args.model_dir).task == "contrastive":
+        from .training.task_contrastive import evaluate_zero_shot
+
+        report = evaluate_zero_shot(
+            args.model_dir, args.dataset, split=args.split, template=args.template, label_column=args.label_column,
+            image_column=args.image_column, max_samples=args.max_samples, batch_size=args.batch_size,
+            config_name=args.dataset_config,
+        )
+    else:
+        from .training.task_captioning import evaluate_captioner
+
+        report = evaluate_captioner(
+            args.model_dir, args.dataset, split=args.split, max_samples=args.max_samples, metrics=args.metrics,
+            generation_kwargs=_decoding(args), caption_column=args.caption_column,
+            references_column=args.references_column, image_column=args.image_column, batch_size=args.batch_size,
+            config_name=args.dataset_config,
+        )
     for name, value in report["scores"].items():
         print(f"{name}: {value if value is None else round(value, 4)}")
-    for name, reason in report["skipped"].items():
+    for name, reason in report.get("skipped", {}).items():
         print(f"{name} skipped: {reason}")
     if args.out:
         write_json_atomically(args.out, report)
         print(f"wrote {args.out}")
     return 0
+
+
+def _cmd_publish(args) -> int:
+    from .training.publish import run
+
+    return run(args)
 
 
 def _cmd_params(args) -> int:
@@ -170,11 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="generation-based caption scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) of a model on a dataset",
-        description="Captions every example of a dataset split and scores the captions against their references "
-        "with COCO caption metrics (pycocoevalcap, PTB tokenisation). --dataset shapes is the built-in shapes test "
-        "split; otherwise a Hub dataset, a save_to_disk folder or a local data folder with an image (or latent) "
-        "column and a caption column.",
+        help="caption scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) or zero-shot accuracy of a model on a dataset",
+        description="Captioners: captions every example of a dataset split and scores the captions against their "
+        "references with COCO caption metrics (pycocoevalcap, PTB tokenisation). Contrastive models (dtp_clip): "
+        "zero-shot top-1 / top-5 accuracy on an image classification dataset, each class prompted with --template. "
+        "--dataset shapes is the built-in shapes test split (digits: scikit-learn's digits, zero-shot only); "
+        "otherwise a Hub dataset, a save_to_disk folder or a local data folder.",
     )
     p.add_argument("model_dir", help="a saved or exported captioning model folder")
     p.add_argument("--dataset", required=True, help="'shapes', a Hub dataset name or a local folder")
@@ -185,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-column", default="caption", help="column of the caption(s)")
     p.add_argument("--references-column", default="captions", help="column of reference captions, if present")
     p.add_argument("--image-column", default="image", help="column of the images")
+    p.add_argument("--label-column", default="label", help="zero-shot: ClassLabel column of the classes")
+    p.add_argument("--template", default="a photo of a {}", help="zero-shot: prompt, {} marks the class name")
     p.add_argument("--out", help="write the scores to this JSON file (atomically)")
     _add_decoding_flags(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -221,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a saved model folder (default: the seed-size QVision configuration)")
     p.add_argument("--recipe", help="a recipe with a `freezing` schedule: one trainable column per phase")
     p.set_defaults(func=_cmd_params)
+
+    p = sub.add_parser(
+        "publish",
+        help="export a trained model, write its model card and upload both to the Hub in one commit",
+        description="Exports MODEL_DIR as a flat bundle, renders its model card for REPO_ID, creates the repo if "
+        "needed and uploads the folder in one commit; prints the commit URL. The token comes from `hf auth login` "
+        "or HF_TOKEN and is never printed or written; HF_ENDPOINT selects another Hub-compatible server.",
+    )
+    add_publish_arguments(p)
+    p.set_defaults(func=_cmd_publish)
 
     p = sub.add_parser(
         "train",

@@ -19,27 +19,14 @@ from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
 from leanvision.modeling.modeling_dtp_vit import DTPViTModel
 from leanvision.processing.processing_dtp_clip import DTPCLIPProcessor
 from leanvision.processing.processing_dtp_vit import build_image_processor
-from leanvision.training.export import PACKAGE_ROOT, flatten_source
+from leanvision.training.export import export_model
+from leanvision.training.families import FAMILIES
 
 IMAGE_SIZE, PATCH = 16, 4
 NUM_PATCHES = (IMAGE_SIZE // PATCH) ** 2
 TEXT_LENGTH = 32
 SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 CHARS = string.ascii_lowercase + string.digits + ".,'!?-"
-BUNDLE_SOURCES = (
-    "configuration/configuration_dtp_vit.py",
-    "modeling/modeling_dtp_vit.py",
-    "configuration/configuration_dtp_clip.py",
-    "modeling/modeling_dtp_clip.py",
-    "processing/processing_dtp_clip.py",
-)
-BUNDLE_AUTO_MAP = {
-    "AutoConfig": "configuration_dtp_clip.DTPCLIPConfig",
-    "AutoModel": "modeling_dtp_clip.DTPCLIPModel",
-    "AutoModelForZeroShotImageClassification": "modeling_dtp_clip.DTPCLIPModel",
-}
-
-
 def tiny_tokenizer() -> CLIPTokenizer:
     """A character-level CLIP tokenizer: no merges, each character with and without the end-of-word suffix."""
     tokens = SPECIALS + list(CHARS) + [c + "</w>" for c in CHARS]
@@ -266,25 +253,6 @@ def test_processor_round_trip_pads_and_truncates_keeping_eos(tmp_path):
         processor()
 
 
-def build_flat_bundle(model, processor, out_dir) -> None:
-    """The flat remote-code folder, built as `leanvision export` builds one (sources flattened, auto_map by hand)."""
-    os.makedirs(out_dir)
-    for relative in BUNDLE_SOURCES:
-        with open(os.path.join(PACKAGE_ROOT, relative)) as f:
-            text = flatten_source(f.read(), relative)
-        with open(os.path.join(out_dir, os.path.basename(relative)), "w") as f:
-            f.write(text)
-    model.config.auto_map = dict(BUNDLE_AUTO_MAP)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    path = os.path.join(out_dir, "processor_config.json")
-    with open(path) as f:
-        processor_config = json.load(f)
-    processor_config["auto_map"] = {"AutoProcessor": "processing_dtp_clip.DTPCLIPProcessor"}
-    with open(path, "w") as f:
-        json.dump(processor_config, f, indent=2)
-
-
 FRESH_ZERO_SHOT = """
 import json, sys
 import torch
@@ -312,8 +280,11 @@ def test_flat_bundle_runs_the_zero_shot_pipeline_in_a_fresh_interpreter(tmp_path
     with torch.no_grad():
         model.logit_scale.fill_(math.log(30.0))  # spread the scores so equal-within-tolerance means something
     processor = tiny_processor()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
     out = tmp_path / "export"
-    build_flat_bundle(model, processor, out)
+    export_model(str(tmp_path / "model"), str(out))
+    assert json.loads((out / "config.json").read_text())["auto_map"] == FAMILIES["dtp_clip"].auto_map
     assert not any(name.endswith(".py") and "leanvision" in (out / name).read_text() for name in os.listdir(out))
 
     labels = ["red circle", "blue square", "green triangle", "yellow star"]

@@ -73,7 +73,7 @@ def test_export_refuses_existing_folder_and_keeps_it_on_failure(model_dir, tmp_p
     def broken_card(*args, **kwargs):
         raise RuntimeError("injected failure while writing the card")
 
-    monkeypatch.setattr(export_module, "render_minimal_card", broken_card)
+    monkeypatch.setattr(export_module, "render_card", broken_card)
     with pytest.raises(RuntimeError, match="injected"):
         export_model(str(model_dir), str(out), overwrite=True)
     assert (out / "model.safetensors").read_bytes() == before

@@ -75,3 +75,17 @@ def test_two_rank_cpu_launch_trains_and_saves_a_loadable_model(tmp_path, repo_ro
     assert state["train_batch_size"] == 8
     model = DTPViTForImageClassification.from_pretrained(tmp_path / "run")
     assert model.config.num_labels == 10
+
+
+@pytest.mark.parametrize("recipe", sorted(os.listdir(os.path.join(os.path.dirname(RECIPE)))))
+def test_every_shipped_recipe_parses_with_a_known_family_and_valid_freezing(recipe):
+    from leanvision.training.callbacks import build_freezing_callback
+    from leanvision.training.families import FAMILIES
+    from leanvision.training.tasks import parse_config_overrides
+
+    model_args, _, training_args = parse_args([os.path.join(os.path.dirname(RECIPE), recipe)])
+    family = FAMILIES[model_args.family]
+    assert recipe.startswith(family.name.split("_multimodel")[0])
+    assert isinstance(parse_config_overrides(model_args.config_overrides), dict)
+    assert training_args.output_dir.startswith("outputs/")
+    build_freezing_callback(model_args.freezing)  # raises on an invalid schedule

@@ -1,5 +1,5 @@
-"""`make demo`: train, evaluate, export and reload a small DTP-ViT on scikit-learn's digits and a small
-GatedSparseBlip captioner on the shapes set, then summarise."""
+"""`make demo`: train, evaluate, export and reload one small model of each family on built-in data (DTP-ViT on
+scikit-learn's digits; DTP-CLIP, GatedSparseBlip and QVisionMultiModel on the shapes set), then summarise."""
 
 import json
 import os
@@ -7,10 +7,12 @@ import subprocess
 import sys
 import time
 
+from PIL import Image
+
 from .data import digits_dataset
 from .export import export_model
 from .families import get_family
-from .shapes import shapes_splits
+from .shapes import class_names, shapes_splits
 from .train import main as train_main
 from .visualize import visualize_boundaries
 
@@ -35,6 +37,17 @@ from transformers import pipeline
 export_dir, images = sys.argv[1], sys.argv[2:]
 caption = pipeline("image-to-text", model=export_dir, trust_remote_code=True)
 print(json.dumps([caption(path, do_sample=False)[0]["generated_text"] for path in images]))
+"""
+
+
+# Zero-shot classifies images with the exported DTP-CLIP bundle, leanvision not importable.
+_FRESH_ZERO_SHOT = """
+import json, sys
+sys.modules["leanvision"] = None
+from transformers import pipeline
+export_dir, labels, images = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+classify = pipeline("zero-shot-image-classification", model=export_dir, trust_remote_code=True)
+print(json.dumps([classify(path, candidate_labels=labels, hypothesis_template="a photo of a {}")[0] for path in images]))
 """
 
 
@@ -85,6 +98,47 @@ def run_dtp_vit(out_root: str) -> dict:
     }
 
 
+def run_dtp_clip(out_root: str) -> dict:
+    """Trains DTP-CLIP contrastively on single-object shapes (zero-shot evaluation on held-out images), exports it,
+    zero-shot classifies shapes with the export in a fresh interpreter and draws the boundaries it predicts on three
+    scikit-image photos."""
+    from skimage import data as skimage_data
+
+    model_dir = os.path.join(out_root, "dtp_clip_shapes")
+    export_dir = os.path.join(out_root, "dtp_clip_shapes-export")
+    start = time.time()
+    metrics = train_main([os.path.join(RECIPES, "dtp_clip_shapes.yaml"), "--output_dir", model_dir,
+                          "--disable_tqdm", "true"])
+    export_model(model_dir, export_dir, overwrite=True)
+
+    test = shapes_splits(train=0, test=3, seed=1, max_objects=1)["test"]
+    samples_dir = os.path.join(out_root, "shapes_single_samples")
+    os.makedirs(samples_dir, exist_ok=True)
+    paths = []
+    for i, image in enumerate(test["image"]):
+        paths.append(os.path.join(samples_dir, f"shape_{i}.png"))
+        image.save(paths[-1])
+    predictions = run_fresh_script(_FRESH_ZERO_SHOT, export_dir, json.dumps(class_names()), *paths)
+
+    family = get_family("dtp_clip")
+    model = family.model_class.from_pretrained(model_dir).eval()
+    photos = [Image.fromarray(getattr(skimage_data, name)()) for name in ("astronaut", "coffee", "chelsea")]
+    figures = visualize_boundaries(
+        model.vision_model, family.load_processor(model_dir).image_processor, photos, out_root,
+        prefix="dtp_clip_photo_boundaries",
+    )
+    return {
+        "top1": metrics["eval_zero_shot_top1"],
+        "top5": metrics["eval_zero_shot_top5"],
+        "boundary_ratio": metrics["eval_boundary_ratio"],
+        "compression_rate": model.config.vision_config.compression_rate,
+        "seconds": time.time() - start,
+        "export": export_dir,
+        "predictions": [(p["label"], truth) for p, truth in zip(predictions, test["label"])],
+        "figures": figures,
+    }
+
+
 def run_captioner(out_root: str, recipe: str) -> dict:
     """Trains a captioning shapes recipe (generation-based evaluation on held-out shapes), exports it and captions
     held-out images with the export in a fresh interpreter."""
@@ -113,6 +167,7 @@ def run_captioner(out_root: str, recipe: str) -> dict:
 def main() -> None:
     out_root = os.environ.get("LEANVISION_DEMO_DIR", "outputs/demo")
     dtp = run_dtp_vit(out_root)
+    clip = run_dtp_clip(out_root)
     captioners = {
         "GatedSparseBlip": run_captioner(out_root, "gated_sparse_blip_shapes"),
         "QVisionMultiModel": run_captioner(out_root, "qvision_shapes"),
@@ -125,6 +180,14 @@ def main() -> None:
     print(f"  export: {dtp['export']} (reloaded with trust_remote_code=True in a fresh interpreter)")
     print("  fresh-process predictions (predicted, true): " + ", ".join(f"{p}/{t}" for p, t in dtp["predictions"]))
     print("  boundary figures: " + ", ".join(dtp["figures"]))
+    print(
+        f"DTP-CLIP on single-object shapes: zero-shot top-1 {clip['top1']:.3f} (chance {1 / len(class_names()):.3f}), "
+        f"top-5 {clip['top5']:.3f}, boundary ratio {clip['boundary_ratio']:.3f} (prior {clip['compression_rate']}), "
+        f"{clip['seconds']:.0f} s"
+    )
+    print(f"  export: {clip['export']} (pipeline('zero-shot-image-classification') in a fresh interpreter)")
+    print("  fresh-process predictions (predicted / true): " + ", ".join(f"{p} / {t}" for p, t in clip["predictions"]))
+    print("  boundaries on scikit-image photos: " + ", ".join(clip["figures"]))
     for label, run in captioners.items():
         scores = ", ".join(f"{name} {value:.3f}" for name, value in run["metrics"].items())
         print(f"{label} on shapes (held-out captions): {scores}, {run['seconds']:.0f} s")

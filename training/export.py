@@ -6,7 +6,7 @@ import re
 import shutil
 import tempfile
 
-from ..hub_cards.cards import render_minimal_card
+from ..hub_cards.cards import recipe_from_model_dir, render_card
 from .families import family_of_model_dir
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +86,8 @@ def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
             with open(os.path.join(tmp_dir, "eval_results.json"), "w") as f:
                 json.dump(metrics, f, indent=2)
         with open(os.path.join(tmp_dir, "README.md"), "w") as f:
-            f.write(render_minimal_card(family, model.config, metrics))
+            f.write(render_card(family, model.config, metrics, recipe=recipe_from_model_dir(model_dir),
+                                num_parameters=model.num_parameters()))
         replace_dir_atomically(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

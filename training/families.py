@@ -7,12 +7,15 @@ from typing import Callable
 
 from transformers import AutoImageProcessor, AutoTokenizer, BlipImageProcessorPil
 
+from ..configuration.configuration_dtp_clip import DTPCLIPConfig
 from ..configuration.configuration_dtp_vit import DTPViTConfig
 from ..configuration.configuration_gated_sparse_blip import GatedSparseBlipConfig
 from ..configuration.configuration_qvision import QVisionConfig
+from ..modeling.modeling_dtp_clip import DTPCLIPModel
 from ..modeling.modeling_dtp_vit import DTPViTForImageClassification
 from ..modeling.modeling_gated_sparse_blip import GatedSparseBlipForConditionalGeneration
 from ..modeling.modeling_qvision import QVisionForConditionalGeneration
+from ..processing.processing_dtp_clip import DTPCLIPProcessor
 from ..processing.processing_dtp_vit import build_image_processor
 from ..processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
 from ..processing.processing_qvision import QVisionProcessor
@@ -177,6 +180,27 @@ FAMILIES: dict[str, Family] = {
         source_files=("configuration/configuration_dtp_vit.py", "modeling/modeling_dtp_vit.py"),
         pipeline_tag="image-classification",
         task="image_classification",
+    ),
+    "dtp_clip": Family(
+        name="dtp_clip",
+        config_class=DTPCLIPConfig,
+        model_class=DTPCLIPModel,
+        auto_map={
+            "AutoConfig": "configuration_dtp_clip.DTPCLIPConfig",
+            "AutoModel": "modeling_dtp_clip.DTPCLIPModel",
+            "AutoModelForZeroShotImageClassification": "modeling_dtp_clip.DTPCLIPModel",
+        },
+        source_files=(
+            "configuration/configuration_dtp_vit.py",
+            "modeling/modeling_dtp_vit.py",
+            "configuration/configuration_dtp_clip.py",
+            "modeling/modeling_dtp_clip.py",
+            "processing/processing_dtp_clip.py",
+        ),
+        pipeline_tag="zero-shot-image-classification",
+        load_processor=DTPCLIPProcessor.from_pretrained,
+        task="contrastive",
+        processor_auto_map={"AutoProcessor": "processing_dtp_clip.DTPCLIPProcessor"},
     ),
     "gated_sparse_blip": Family(
         name="gated_sparse_blip",

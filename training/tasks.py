@@ -11,6 +11,7 @@ from ..processing.processing_dtp_vit import build_image_processor
 from .captioning_data import resolve_eval_split
 from .data import digits_dataset, label_names, load_any_dataset, split_for_eval
 from .task_captioning import setup_captioning as prepare_captioning
+from .task_contrastive import setup_contrastive as prepare_contrastive
 from .trainer import LeanTrainer
 
 
@@ -120,4 +121,14 @@ def setup_captioning(family, model_args, data_args, training_args) -> TaskSetup:
     return TaskSetup(**prepare_captioning(family, model_args, data_args, training_args, overrides))
 
 
-TASKS = {"image_classification": setup_image_classification, "captioning": setup_captioning}
+def setup_contrastive(family, model_args, data_args, training_args) -> TaskSetup:
+    """CLIP-style image-text training with zero-shot evaluation (see `task_contrastive.py`)."""
+    overrides = parse_config_overrides(model_args.config_overrides)
+    return TaskSetup(**prepare_contrastive(family, model_args, data_args, training_args, overrides))
+
+
+TASKS = {
+    "image_classification": setup_image_classification,
+    "captioning": setup_captioning,
+    "contrastive": setup_contrastive,
+}

@@ -49,6 +49,9 @@ class ModelArguments:
         default=None,
         metadata={"help": "captioning: processor image size; default: the vision tower's, or the VAE's sample_size"},
     )
+    init_from_clip: str | None = field(
+        default=None, metadata={"help": "dtp_clip: start both towers from this transformers CLIP checkpoint"}
+    )
     vision_backbone: str | None = field(
         default=None, metadata={"help": "qvision_multimodel: pretrained CLIP checkpoint (with text_backbone)"}
     )
@@ -88,6 +91,9 @@ class DataArguments:
     caption_metrics: str = field(
         default="bleu,rouge_l,cider",
         metadata={"help": "captioning: comma-separated metrics (bleu, meteor, rouge_l, cider, spice) at evaluation"},
+    )
+    zero_shot_template: str = field(
+        default="a photo of a {}", metadata={"help": "contrastive: zero-shot prompt, {} marks the class name"}
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "truncate the training set (built-in shapes: images drawn, default 2000)"}

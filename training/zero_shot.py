@@ -1,4 +1,7 @@
-"""Zero-shot image classification with a contrastive model: top-1 / top-5 against prompted class names."""
+"""Zero-shot image classification with a contrastive model: top-1 / top-5 of prompted class names.
+
+A class `c` is scored by `cos(f_image, f_text(prompt_c))`; the prediction is the best-scoring prompt.
+"""
 
 import torch
 from torch.utils.data import DataLoader
@@ -6,48 +9,75 @@ from torch.utils.data import DataLoader
 DEFAULT_TEMPLATE = "a photo of a {}"
 
 
+def prompts_for(class_names: list[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
+    """`template` filled with each class name (`{}` marks where the name goes)."""
+    if "{}" not in template:
+        raise ValueError(f"the prompt template must contain '{{}}' where the class name goes, got {template!r}")
+    return [template.format(name) for name in class_names]
+
+
 @torch.no_grad()
-def class_text_embeddings(model, processor, class_names, template=DEFAULT_TEMPLATE, batch_size=64):
-    """Normalised text embeddings of `template.format(name)` for every class, (num_classes, dim)."""
-    prompts = [template.format(name) for name in class_names]
+def prompt_embeddings(model, processor, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised text embeddings of the prompts, (num_classes, projection_dim)."""
     chunks = []
     for start in range(0, len(prompts), batch_size):
-        tokens = processor(text=prompts[start : start + batch_size], return_tensors="pt")
-        tokens = {k: v.to(model.device) for k, v in tokens.items()}
-        chunks.append(model.get_text_features(tokens["input_ids"], tokens.get("attention_mask"), normalize=True))
+        tokens = processor(text=prompts[start : start + batch_size])
+        chunks.append(
+            model.get_text_features(
+                tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device), normalize=True
+            )
+        )
     return torch.cat(chunks)
 
 
-@torch.no_grad()
-def zero_shot_scores(model, pixel_values, text_embeds):
-    """Cosine similarities (num_images, num_classes) of the images to the class prompts."""
-    return model.get_image_features(pixel_values.to(model.device), normalize=True) @ text_embeds.t()
+class ImageLabelCollator:
+    """Rows of an image classification dataset -> (`pixel_values`, integer labels)."""
+
+    def __init__(self, processor, image_column: str = "image", label_column: str = "label"):
+        self.processor, self.image_column, self.label_column = processor, image_column, label_column
+
+    def __call__(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = [row[self.image_column].convert("RGB") for row in rows]
+        pixel_values = self.processor(images=images)["pixel_values"]
+        return pixel_values, torch.tensor([int(row[self.label_column]) for row in rows])
 
 
 @torch.no_grad()
-def zero_shot_accuracy(
-    model, processor, dataset, class_names, template=DEFAULT_TEMPLATE, batch_size=64, accelerator=None, topk=(1, 5)
-) -> dict:
-    """Top-k zero-shot accuracy of `model` on `dataset` (rows with `pixel_values` and an integer `labels`).
+def zero_shot_accuracy(model, processor, dataset, prompts: list[str], image_column: str = "image",
+                       label_column: str = "label", batch_size: int = 64, accelerator=None, topk=(1, 5)) -> dict:
+    """Top-k zero-shot accuracy on `dataset` (an image column and an integer label column indexing `prompts`), and
+    the mean boundary ratio of the images when the image tower reports one (DTP).
 
-    With an `accelerator`, each rank scores its shard and the hits are gathered, so the result covers the whole set.
+    With an `accelerator`, each rank scores its shard and the hits are gathered (`gather_for_metrics` drops the
+    samples padded onto the last batch), so the result covers the whole set exactly once.
     """
+    if len(dataset) == 0:
+        raise ValueError("zero-shot evaluation needs at least one image")
     was_training = model.training
     model.eval()
-    text_embeds = class_text_embeddings(model, processor, class_names, template)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=_collate_images)
+    text_embeds = prompt_embeddings(model, processor, prompts)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=ImageLabelCollator(processor, image_column,
+                                                                                          label_column))
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader, device_placement=True)
+    gather = accelerator.gather_for_metrics if accelerator is not None else (lambda tensor: tensor)
+    ratios = []
+    hook = model.vision_model.register_forward_hook(
+        lambda module, args, output: ratios.append(getattr(output, "boundary_ratio", None))
+    )
     hits = {k: [] for k in topk}
-    for pixel_values, labels in loader:
-        scores = zero_shot_scores(model, pixel_values, text_embeds)
-        ranked = scores.topk(min(max(topk), scores.shape[1]), dim=-1).indices
-        for k in topk:
-            hit = (ranked[:, :k] == labels.to(ranked.device)[:, None]).any(dim=-1).float()
-            hits[k].append(accelerator.gather_for_metrics(hit) if accelerator is not None else hit)
-    model.train(was_training)
-    return {f"zero_shot_top{k}": float(torch.cat(v).mean()) for k, v in hits.items()}
-
-
-def _collate_images(rows):
-    return torch.stack([r["pixel_values"] for r in rows]), torch.tensor([int(r["labels"]) for r in rows])
+    try:
+        for pixel_values, labels in loader:
+            scores = model.get_image_features(pixel_values.to(model.device), normalize=True) @ text_embeds.t()
+            ranked = scores.topk(min(max(topk), scores.shape[1]), dim=-1).indices
+            for k in topk:
+                hits[k].append(gather((ranked[:, :k] == labels.to(ranked.device)[:, None]).any(dim=-1).float()))
+            if ratios[-1] is not None:
+                ratios[-1] = gather(ratios[-1])
+    finally:
+        hook.remove()
+        model.train(was_training)
+    result = {f"zero_shot_top{k}": float(torch.cat(v).mean()) for k, v in hits.items()}
+    if ratios and ratios[0] is not None:
+        result["boundary_ratio"] = float(torch.cat(ratios).mean())
+    return result
