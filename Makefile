@@ -36,8 +36,11 @@ test-fast: install system-deps
 flops: install
 	$(VENV)/bin/leanvision flops
 
+# One torch thread: on a shared 2-core machine a second thread adds a fixed wait per op (see benchmarks/README.md).
 bench: install
-	$(PY) benchmarks/bench_dtp_vit.py
+	$(PY) benchmarks/bench_dtp_vit.py --threads 1
+	$(PY) benchmarks/bench_qvision.py --threads 1
+	$(PY) benchmarks/bench_gated_sparse_blip.py --preset base --threads 1
 
 clean:
 	rm -rf $(VENV) outputs

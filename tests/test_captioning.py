@@ -112,7 +112,7 @@ def test_coco30k_schema_local_dataset_trains_with_mixed_buckets(tmp_path):
     setup, _ = setup_for(argv)
     first = setup.data_collator([setup.train_dataset[i] for i in range(6)])
     assert first["latent_mask"].shape == (6, 8, 8) and not first["latent_mask"].all()
-    assert set(setup.train_dataset.column_names) == {"vae_latent", "vae_latent_shape", "caption"}
+    assert set(setup.train_dataset.column_names) == {"vae_latent", "vae_latent_shape", "caption", "example_id"}
 
     metrics = train_main(argv)
 
@@ -366,9 +366,16 @@ def test_image_caption_dataset_with_several_captions_per_image(tmp_path):
     setup, _ = setup_for(argv)
 
     assert setup.trainer_kwargs["references"] == shapes["test"]["captions"]
-    assert set(setup.train_dataset.column_names) == {"vae_latent", "vae_latent_shape", "sentences"}
-    picked = {tuple(setup.data_collator([setup.train_dataset[0]])["input_ids"][0].tolist()) for _ in range(30)}
+    assert set(setup.train_dataset.column_names) == {"vae_latent", "vae_latent_shape", "sentences", "example_id"}
+
+    def draw(epoch):
+        setup.data_collator.epoch = epoch
+        return tuple(setup.data_collator([setup.train_dataset[0]])["input_ids"][0].tolist())
+
     options = {tuple(setup.processor(text=[c])["input_ids"][0].tolist()) for c in shapes["train"][0]["captions"]}
-    assert len(picked) > 1 and picked <= options  # one of the image's captions, drawn per use
+    picked = {draw(epoch) for epoch in range(30)}
+    # One of the image's captions, drawn afresh each epoch; the same epoch draws the same one (resumable).
+    assert len(picked) > 1 and picked <= options
+    assert draw(7) == draw(7) and [draw(e) for e in range(5)] == [draw(e) for e in range(5)]
     metrics = train_main(argv)
     assert "eval_cider" in metrics

@@ -51,7 +51,7 @@ def trained(tmp_path_factory):
 def test_contrastive_training_lifts_zero_shot_accuracy_at_the_prior_rate(trained):
     metrics, out = trained
     chance = 1 / len(shapes.class_names())
-    # Measured: top-1 0.39 (7x chance), top-5 1.0; an untrained model scores about chance.
+    # Measured: top-1 0.32 (5.7x chance), top-5 0.88; an untrained model scores about chance.
     assert metrics["eval_zero_shot_top1"] >= 3 * chance, metrics
     assert metrics["eval_zero_shot_top5"] >= metrics["eval_zero_shot_top1"]
     assert abs(metrics["eval_boundary_ratio"] - 0.25) <= 0.03, metrics
@@ -74,7 +74,7 @@ print(json.dumps([classify(path, candidate_labels=labels, hypothesis_template="a
 def test_export_runs_the_zero_shot_pipeline_in_a_fresh_interpreter(trained, tmp_path):
     _, out = trained
     export_model(str(out), str(tmp_path / "export"))
-    test = shapes.shapes_splits(train=0, test=6, seed=0, max_objects=1)["test"]
+    test = shapes.shapes_splits(train=0, test=30, seed=0, max_objects=1)["test"]
     paths = []
     for i, image in enumerate(test["image"]):
         paths.append(str(tmp_path / f"{i}.png"))
@@ -93,7 +93,7 @@ def test_export_runs_the_zero_shot_pipeline_in_a_fresh_interpreter(trained, tmp_
         for entry in result:
             assert entry["score"] == pytest.approx(float(row[labels.index(entry["label"])]), abs=1e-5)
     hits = sum(result[0]["label"] == label for result, label in zip(results, test["label"]))
-    assert hits >= 2, [(r[0]["label"], label) for r, label in zip(results, test["label"])]
+    assert hits >= 3 * len(paths) / len(labels), [(r[0]["label"], label) for r, label in zip(results, test["label"])]
 
 
 def _webdataset_shards(folder, rows_per_shard=6, num_shards=2):

@@ -15,6 +15,7 @@ from accelerate.utils import broadcast_object_list
 
 from .captioning_data import (
     CaptionCollator,
+    EpochCallback,
     captions_of,
     check_caption_columns,
     encode_images_to_latents,
@@ -175,14 +176,14 @@ def setup_captioning(family, model_args, data_args, training_args, overrides: di
     references = references_of(evaluation, caption_col, data_args.references_column)
     # Saved with the model, so the pipeline and `leanvision caption` generate whole captions by default.
     model.generation_config.max_new_tokens = data_args.generation_max_new_tokens
+    collator = CaptionCollator(processor, caption_col, image_col, data_args.max_caption_length, seed=training_args.seed)
     return dict(
         model=model,
         processor=processor,
-        train_dataset=train,
+        train_dataset=with_example_ids(train),
         eval_dataset=with_example_ids(evaluation),
-        data_collator=CaptionCollator(
-            processor, caption_col, image_col, data_args.max_caption_length, seed=training_args.seed
-        ),
+        data_collator=collator,
+        callbacks=[EpochCallback(collator)],
         trainer_class=CaptionTrainer,
         trainer_kwargs=dict(
             references=references,

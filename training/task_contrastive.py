@@ -10,7 +10,6 @@ import glob
 import logging
 import os
 
-import numpy as np
 import torch
 from datasets import ClassLabel, load_dataset
 from transformers import AutoTokenizer, CLIPTokenizer
@@ -18,7 +17,7 @@ from transformers import AutoTokenizer, CLIPTokenizer
 from ..processing.processing_dtp_clip import DTPCLIPProcessor
 from ..processing.processing_dtp_vit import build_image_processor
 from . import shapes
-from .captioning_data import captions_of
+from .captioning_data import CaptionChoice, EpochCallback, with_example_ids
 from .data import load_any_dataset, split_for_eval
 from .trainer import LeanTrainer
 from .zero_shot import DEFAULT_TEMPLATE, prompts_for, zero_shot_accuracy
@@ -82,20 +81,17 @@ def _column(dataset, preferred: str, fallbacks: tuple[str, ...]) -> str:
     raise ValueError(f"dataset has no column {preferred!r} (nor {list(fallbacks)}); columns: {dataset.column_names}")
 
 
-class ContrastiveCollator:
+class ContrastiveCollator(CaptionChoice):
     """Image-caption rows -> `pixel_values`, `input_ids`, `attention_mask` and `return_loss=True`. A row with several
-    captions contributes one, drawn at random (seeded) each time."""
+    captions contributes one of them (see [`CaptionChoice`])."""
 
     def __init__(self, processor, caption_column: str, image_column: str, max_length: int, seed: int = 0):
+        super().__init__(seed)
         self.processor, self.caption_column, self.image_column = processor, caption_column, image_column
         self.max_length = max_length
-        self.rng = np.random.default_rng(seed)
 
     def __call__(self, rows: list[dict]) -> dict:
-        texts = []
-        for row in rows:
-            options = captions_of(row[self.caption_column])
-            texts.append(options[int(self.rng.integers(len(options)))] if len(options) > 1 else options[0])
+        texts = [self.choose(row[self.caption_column], row.get("example_id")) for row in rows]
         images = [row[self.image_column].convert("RGB") for row in rows]
         batch = dict(self.processor(images=images, text=texts, max_length=self.max_length))
         batch["return_loss"] = True
@@ -160,12 +156,14 @@ def setup_contrastive(family, model_args, data_args, training_args, overrides: d
     if zero_shot is not None:
         logger.info("zero-shot evaluation on %d images, %d prompts, e.g. %r", len(evaluation), len(zero_shot[1]),
                     zero_shot[1][0])
+    collator = ContrastiveCollator(processor, caption_col, image_col, max_length, seed=training_args.seed)
     return dict(
         model=model,
         processor=processor,
-        train_dataset=train,
+        train_dataset=with_example_ids(train),
         eval_dataset=evaluation,
-        data_collator=ContrastiveCollator(processor, caption_col, image_col, max_length, seed=training_args.seed),
+        data_collator=collator,
+        callbacks=[EpochCallback(collator)],
         trainer_class=ContrastiveTrainer,
         trainer_kwargs=dict(zero_shot=zero_shot, image_column=image_col),
     )

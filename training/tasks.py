@@ -28,6 +28,7 @@ class TaskSetup:
     preprocess_logits_for_metrics: Callable | None = None
     trainer_class: type = LeanTrainer
     trainer_kwargs: dict = field(default_factory=dict)
+    callbacks: list = field(default_factory=list)
 
 
 def parse_config_overrides(overrides) -> dict:

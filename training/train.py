@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=setup.processor,
         compute_metrics=setup.compute_metrics,
         preprocess_logits_for_metrics=setup.preprocess_logits_for_metrics,
-        callbacks=[freezing] if freezing else None,
+        callbacks=setup.callbacks + ([freezing] if freezing else []),
         **setup.trainer_kwargs,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
