@@ -195,3 +195,29 @@ def test_evaluate_command_scores_zero_shot_with_a_template(tmp_path):
         prompts_for(names, "no slot")
     assert cli_main(["evaluate", str(out), "--dataset", str(tmp_path / "pets"), "--label-column", "picture",
                      "--image-column", "picture"]) == 2
+
+
+@pytest.mark.slow
+def test_two_rank_run_gathers_zero_shot_scores_over_every_eval_image(tmp_path):
+    """7 eval images over 2 ranks x batch 2: the padded last batch is dropped by the gather, so the 2-rank scores equal
+    one process scoring the saved model on the same 7 images."""
+    import subprocess
+    import sys
+
+    argv = [RECIPE, "--output_dir", str(tmp_path / "run"), "--max_train_samples", "16", "--max_eval_samples", "7",
+            *FAST]
+    argv[argv.index("--per_device_eval_batch_size") + 1] = "2"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               os.path.join(REPO, "training", "train.py"), *argv]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("world size 2") == 2, result.stderr[-4000:]
+    two_ranks = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+
+    assert cli_main(["evaluate", str(tmp_path / "run"), "--dataset", "shapes", "--max-samples", "7",
+                     "--out", str(tmp_path / "one.json")]) == 0
+    one_rank = json.loads((tmp_path / "one.json").read_text())["scores"]
+    for name in ("zero_shot_top1", "zero_shot_top5", "boundary_ratio"):
+        assert two_ranks[f"eval_{name}"] == pytest.approx(one_rank[name], abs=1e-6), name
