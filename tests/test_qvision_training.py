@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPConfig, CLIPModel, GPT2TokenizerFast, GPTNeoConfig, GPTNeoForCausalLM
 
@@ -36,8 +37,8 @@ def trained(tmp_path_factory):
 @pytest.mark.slow
 def test_shapes_recipe_learns_held_out_captions(trained):
     metrics, _ = trained
-    # Untrained, the model repeats frequent words (BLEU-4 ~0, CIDEr ~0); measured after training: 0.59 / 3.3.
-    assert metrics["eval_bleu_4"] >= 0.35 and metrics["eval_cider"] >= 1.5, metrics
+    # Untrained, the model repeats frequent words (BLEU-4 ~0, CIDEr ~0); measured after training: 0.59-0.62 / 3.3-3.5.
+    assert metrics["eval_bleu_4"] >= 0.5 and metrics["eval_cider"] >= 1.0, metrics
 
 
 @pytest.mark.slow
@@ -84,14 +85,21 @@ def test_export_captions_in_fresh_interpreter_like_the_trained_model(trained, tm
         photos.append(str(tmp_path / f"{i}.png"))
         image.save(photos[-1])
 
+    from skimage import data as skimage_data
+
+    photos.append(str(tmp_path / "astronaut.png"))
+    Image.fromarray(skimage_data.astronaut()).save(photos[-1])
+
     captions = run_fresh(FRESH, tmp_path, str(tmp_path / "export"), *photos)
 
     model = QVisionForConditionalGeneration.from_pretrained(out).eval()
     processor = QVisionProcessor.from_pretrained(out)
-    expected = caption_images(model, processor, list(test["image"]), decoding_kwargs(max_new_tokens=16))
+    images = [*test["image"], Image.open(photos[-1])]
+    expected = caption_images(model, processor, images, decoding_kwargs(max_new_tokens=16))
     assert captions == expected
     # The trained model names the colour of the first shape of most test images.
-    colours = [(c.split() + ["", ""])[1] for c in captions]
+    assert captions[-1].split()  # a real photo gets a (shapes-vocabulary) caption too
+    colours = [(c.split() + ["", ""])[1] for c in captions[:-1]]
     assert sum(c == r.split()[1] for c, r in zip(colours, test["caption"])) >= 3, captions
 
 
