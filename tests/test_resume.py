@@ -11,8 +11,6 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from leanvision.training.train import main as train_main
-
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "recipes")
 COMMON = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3", "--eval_strategy", "no",
           "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "4", "--logging_steps", "1",
@@ -29,19 +27,28 @@ RUNS = {
     "qvision_multimodel": ["qvision_shapes.yaml", *CAPTIONS, "--freezing", STEP_FREEZING],
 }
 
-# The killed run: the Trainer dies by SIGKILL as soon as the checkpoint of step KILL_AT is on disk.
-KILLED = """
+# Every run is a fresh process with one torch thread (CPU kernels are bitwise repeatable at a fixed thread count).
+# With KILL_AT set, the Trainer dies by SIGKILL as soon as the checkpoint of that step is on disk.
+TRAIN = """
 import os, signal, sys
 from transformers import Trainer
 save = Trainer._save_checkpoint
 def save_then_die(self, model, trial):
     save(self, model, trial)
-    if self.state.global_step == int(os.environ["KILL_AT"]):
+    if self.state.global_step == int(os.environ.get("KILL_AT", -1)):
         os.kill(os.getpid(), signal.SIGKILL)
 Trainer._save_checkpoint = save_then_die
 from leanvision.training.train import main
 main(sys.argv[1:])
 """
+
+
+def train(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("KILL_AT", None)
+    if kill_at is not None:
+        env["KILL_AT"] = str(kill_at)
+    return subprocess.run([sys.executable, "-c", TRAIN, *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 def args_for(family: str, out) -> list[str]:
@@ -51,16 +58,15 @@ def args_for(family: str, out) -> list[str]:
 
 @pytest.mark.parametrize("family", sorted(RUNS))
 def test_killed_and_resumed_run_equals_uninterrupted_run(family, tmp_path):
-    train_main(args_for(family, tmp_path / "full"))
-
-    env = dict(os.environ, KILL_AT="3", OMP_NUM_THREADS="1")
-    killed = subprocess.run([sys.executable, "-c", KILLED, *args_for(family, tmp_path / "run")], env=env,
-                            capture_output=True, text=True, timeout=600)
+    full = train(args_for(family, tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = train(args_for(family, tmp_path / "run"), kill_at=3)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     checkpoint = tmp_path / "run" / "checkpoint-3"
     assert (checkpoint / "model.safetensors").is_file() and not (tmp_path / "run" / "model.safetensors").exists()
 
-    train_main([*args_for(family, tmp_path / "run"), "--resume_from_checkpoint", str(checkpoint)])
+    resumed = train([*args_for(family, tmp_path / "run"), "--resume_from_checkpoint", str(checkpoint)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     full = load_file(str(tmp_path / "full" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "run" / "model.safetensors"))
