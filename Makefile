@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 # Java runs the COCO caption metrics (PTB tokenizer, METEOR); installed with apt where it is missing.
+# Chromium + chromedriver run the Space demo's browser test; where apt cannot install them, that test is skipped.
 system-deps:
 	@command -v java >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq default-jre-headless; }
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+		|| echo "system-deps: chromium / chromium-driver not installed: the Space browser test will be skipped"
 
 demo: install
 	$(PY) -m leanvision.training.demo

@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from .training.publish import add_arguments as add_publish_arguments
+from .training.space import add_arguments as add_publish_space_arguments
 
 
 def _cmd_ablate(args) -> int:
@@ -22,16 +23,15 @@ def _decoding(args) -> dict:
 
 def _cmd_caption(args) -> int:
     import torch
-    from PIL import Image
 
-    from .training.files import image_files
+    from .training.files import image_files, open_image
     from .training.task_captioning import caption_images, load_captioner
 
     generation_kwargs = _decoding(args)
     files = image_files(args.paths)
+    images = [open_image(path) for path in files]
     _, model, processor = load_captioner(args.model)
     torch.manual_seed(args.seed)
-    images = [Image.open(path) for path in files]
     for path, caption in zip(files, caption_images(model, processor, images, generation_kwargs, args.batch_size)):
         print(f"{path}\t{caption}")
     return 0
@@ -70,6 +70,20 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_publish(args) -> int:
     from .training.publish import run
+
+    return run(args)
+
+
+def _cmd_merge_lora(args) -> int:
+    from .training.lora import merge_adapter
+
+    out = merge_adapter(args.adapter_dir, args.base, args.out_dir, overwrite=args.overwrite)
+    print(f"merged {args.adapter_dir} into {args.base} -> {out}")
+    return 0
+
+
+def _cmd_publish_space(args) -> int:
+    from .training.space import run
 
     return run(args)
 
@@ -126,18 +140,15 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_visualize(args) -> int:
-    from PIL import Image
-
-    from .training.families import family_of_model_dir
+    from .training.families import load_saved
+    from .training.files import open_image
     from .training.visualize import visualize_boundaries
 
-    family = family_of_model_dir(args.model)
-    model = family.model_class.from_pretrained(args.model)
-    processor = family.load_processor(args.model)
+    family, model, processor = load_saved(args.model)
     vision = getattr(model, "dtp_vit", None) or getattr(model, "vision_model", None)
     if vision is None or not hasattr(vision, "boundary_predictor"):
         raise ValueError(f"{args.model!r} is a {family.name} model, which has no DTP boundaries to draw")
-    images = [Image.open(path) for path in args.images]
+    images = [open_image(path) for path in args.images]
     image_processor = getattr(processor, "image_processor", processor)
     for path in visualize_boundaries(vision, image_processor, images, args.out_dir):
         print(path)
@@ -234,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_flops)
 
     p = sub.add_parser(
+        "merge-lora",
+        help="fold a LoRA adapter into its base model and save a plain model folder (exportable)",
+        description="Loads BASE (a saved or exported leanvision model folder, or a Hub repo), applies the adapter "
+        "trained with `train.py --lora` in ADAPTER_DIR, merges it into the weights and saves the model and its "
+        "processor to OUT_DIR, ready for `leanvision export`.",
+    )
+    p.add_argument("adapter_dir", help="folder with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--base", required=True, help="the base model the adapter was trained on (folder or Hub id)")
+    p.add_argument("out_dir", help="folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    p.set_defaults(func=_cmd_merge_lora)
+
+    p = sub.add_parser(
         "params",
         help="table of total and trainable parameters per component, per freezing phase of a recipe",
         description="Counts parameters per top-level component (for QVision: vision, projection, Q-Former, "
@@ -253,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_publish_arguments(p)
     p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser(
+        "publish-space",
+        help="upload the Gradio demo (hub_cards/space) as a Hugging Face Space showing given model repos",
+        description="Writes the Space folder for REPO_ID (app.py, requirements.txt, space_config.json with the "
+        "model repo ids, README.md with `sdk: gradio`), creates the Space if needed and uploads the folder in one "
+        "commit; prints the commit URL. The token comes from `hf auth login` or HF_TOKEN and is never printed or "
+        "written.",
+    )
+    add_publish_space_arguments(p)
+    p.set_defaults(func=_cmd_publish_space)
 
     p = sub.add_parser(
         "train",

@@ -824,7 +824,8 @@ class GatedSparseBlipForConditionalGeneration(GatedSparseBlipPreTrainedModel, Ge
     """
 
     _tied_weights_keys = {"lm_head.decoder.weight": "model.text_model.embeddings.word_embeddings.weight"}
-    accepts_loss_kwargs = False
+    # Trainer passes `num_items_in_batch` (label tokens of the whole accumulated batch) and skips its own division.
+    accepts_loss_kwargs = True
 
     # BLIP checkpoint prefixes -> ours; the layer internals share BLIP's names.
     _blip_text_key_prefixes = (
@@ -872,6 +873,7 @@ class GatedSparseBlipForConditionalGeneration(GatedSparseBlipPreTrainedModel, Ge
         output_hidden_states: bool | None = None,
         output_gate_values: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
     ) -> GatedSparseBlipForConditionalGenerationOutput:
         r"""
         Inputs as in [`GatedSparseBlipModel.forward`], plus:
@@ -879,6 +881,9 @@ class GatedSparseBlipForConditionalGeneration(GatedSparseBlipPreTrainedModel, Ge
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Usually `input_ids` with padding set to -100. The loss is the mean cross-entropy of `logits[:, t]` against
             `labels[:, t + 1]` over labels that are not -100. Disables the cache.
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            With gradient accumulation: the number of predicted label tokens in the whole accumulated batch; the loss
+            is then the summed cross-entropy divided by it, so every token weighs the same in every micro-batch.
         logits_to_keep (`int` or `torch.Tensor`, *optional*):
             Compute logits for the last `logits_to_keep` positions only (0 = all), or for the given indices.
         """
@@ -908,7 +913,10 @@ class GatedSparseBlipForConditionalGeneration(GatedSparseBlipPreTrainedModel, Ge
                 shifted_labels,
                 ignore_index=-100,
                 label_smoothing=self.config.text_config.label_smoothing,
+                reduction="mean" if num_items_in_batch is None else "sum",
             )
+            if num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
 
         return GatedSparseBlipForConditionalGenerationOutput(
             loss=loss,

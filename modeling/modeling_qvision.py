@@ -400,7 +400,8 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
     from images alone starts every row from the same `bos` token, so no padding is involved.
     """
 
-    accepts_loss_kwargs = False
+    # Trainer passes `num_items_in_batch` (label tokens of the whole accumulated batch) and skips its own division.
+    accepts_loss_kwargs = True
 
     def __init__(self, config: QVisionConfig):
         super().__init__(config)
@@ -495,6 +496,7 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
         image_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
     ) -> QVisionCausalLMOutputWithPast | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
@@ -503,6 +505,9 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
             Caption tokens, starting with `bos`. With a `cache`, only the tokens not yet in it.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Usually `input_ids` with padding set to `-100`; shifted inside the model.
+        num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+            With gradient accumulation: the number of predicted label tokens in the whole accumulated batch; the loss
+            is then the summed cross-entropy divided by it, so every token weighs the same in every micro-batch.
         cache (`Cache`, *optional*):
             GPT-Neo key/value cache from a previous call (`past_key_values` is accepted as its older name).
         image_embeds (`torch.FloatTensor` of shape `(batch_size, num_tokens, text_hidden_size)`, *optional*):
@@ -547,6 +552,11 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
             cache=cache,
             position_ids=position_ids,
         )
+        if int(position_ids.max()) >= text_config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence length {int(position_ids.max()) + 1} exceeds max_position_embeddings="
+                f"{text_config.max_position_embeddings}."
+            )
         hidden_states = transformer.drop(inputs_embeds + transformer.wpe(position_ids))
         image_embeds = image_embeds.to(hidden_states.dtype)
         blocks = self.cross_attention_blocks
@@ -587,8 +597,13 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
             shift_logits = logits[:, :-1, :].float()
             shift_labels = labels[:, 1:].to(logits.device)
             loss = F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
+                shift_logits.reshape(-1, shift_logits.shape[-1]),
+                shift_labels.reshape(-1),
+                ignore_index=-100,
+                reduction="mean" if num_items_in_batch is None else "sum",
             )
+            if num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
 
         output = QVisionCausalLMOutputWithPast(
             loss=loss,

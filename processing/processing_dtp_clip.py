@@ -1,6 +1,26 @@
 """Processor for DTP-CLIP: CLIP image processor (PIL backend without torchvision) + CLIP tokenizer."""
 
+import logging
+
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+
+logger = logging.getLogger(__name__)
+
+
+# Shared by the three processors of this package; remote-code bundles are flat, so each file carries its own copy.
+def check_images(images) -> None:
+    """Rejects an empty list of images (the image processor would silently return an empty batch)."""
+    if isinstance(images, (list, tuple)) and len(images) == 0:
+        raise ValueError("`images` is an empty list: pass at least one image.")
+
+
+def warn_if_truncated(tokenizer, texts: list[str], limit: int | None) -> None:
+    """Logs a warning when a text is longer than `limit` tokens, so that truncation is never silent."""
+    if not limit or max(len(text.encode()) for text in texts) + 2 <= limit:  # every token covers a byte or more
+        return
+    longest = max(len(ids) for ids in tokenizer(texts)["input_ids"])
+    if longest > limit:
+        logger.warning("a text of %d tokens is truncated to the %d-token limit", longest, limit)
 
 
 class DTPCLIPProcessor(ProcessorMixin):
@@ -47,12 +67,16 @@ class DTPCLIPProcessor(ProcessorMixin):
             raise ValueError("Pass `images`, `text`, or both.")
         data = {}
         if text is not None:
+            if truncation:
+                texts = [text] if isinstance(text, str) else list(text)
+                warn_if_truncated(self.tokenizer, texts, max_length or self.tokenizer.model_max_length)
             data.update(
                 self.tokenizer(
                     text, padding=padding, truncation=truncation, max_length=max_length, return_tensors=return_tensors
                 )
             )
         if images is not None:
+            check_images(images)
             data.update(self.image_processor(images, return_tensors=return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)
 

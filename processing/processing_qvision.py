@@ -1,6 +1,26 @@
 """Processor for QVisionMultiModel: CLIP image processor + GPT-Neo (GPT-2 byte-level BPE) tokenizer."""
 
+import logging
+
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+
+logger = logging.getLogger(__name__)
+
+
+# Shared by the three processors of this package; remote-code bundles are flat, so each file carries its own copy.
+def check_images(images) -> None:
+    """Rejects an empty list of images (the image processor would silently return an empty batch)."""
+    if isinstance(images, (list, tuple)) and len(images) == 0:
+        raise ValueError("`images` is an empty list: pass at least one image.")
+
+
+def warn_if_truncated(tokenizer, texts: list[str], limit: int | None) -> None:
+    """Logs a warning when a text is longer than `limit` tokens, so that truncation is never silent."""
+    if not limit or max(len(text.encode()) for text in texts) + 2 <= limit:  # every token covers a byte or more
+        return
+    longest = max(len(ids) for ids in tokenizer(texts)["input_ids"])
+    if longest > limit:
+        logger.warning("a text of %d tokens is truncated to the %d-token limit", longest, limit)
 
 
 class QVisionProcessor(ProcessorMixin):
@@ -49,7 +69,8 @@ class QVisionProcessor(ProcessorMixin):
             padding (`bool` or `str`, *optional*, defaults to `"longest"`):
                 Tokenizer padding strategy (`"longest"`, `"max_length"`, `False`).
             max_length (`int`, *optional*):
-                Total length including `bos` and `eos`; longer texts are truncated before `eos` is appended.
+                Total length including `bos` and `eos`; longer texts are truncated (with a warning) before `eos` is
+                appended. Defaults to the tokenizer's `model_max_length`.
             padding_side (`str`, *optional*):
                 `"right"` for training, `"left"` for batched generation from prompts of different lengths.
                 Defaults to the tokenizer's side.
@@ -63,6 +84,7 @@ class QVisionProcessor(ProcessorMixin):
 
         data = {}
         if images is not None:
+            check_images(images)
             data.update(self.image_processor(images, return_tensors="pt"))
         if text is not None:
             data.update(self._encode_text(text, add_eos_token, padding, max_length, padding_side))
@@ -72,6 +94,9 @@ class QVisionProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         tokenizer = self.tokenizer
         num_special = 1 + int(add_eos_token)
+        if max_length is None and tokenizer.model_max_length < 1_000_000:  # "no limit" is stored as a huge number
+            max_length = tokenizer.model_max_length
+        warn_if_truncated(tokenizer, texts, max_length)
         if max_length is not None and max_length <= num_special:
             raise ValueError(f"`max_length` must leave room for text after bos/eos, got {max_length}.")
         token_ids = tokenizer(

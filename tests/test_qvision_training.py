@@ -168,3 +168,29 @@ def test_trains_from_local_pretrained_backbones(tmp_path):
 def test_backbones_must_come_in_pairs(tmp_path):
     with pytest.raises(ValueError, match="both `vision_backbone`"):
         train_main([RECIPE, "--output_dir", str(tmp_path), "--vision_backbone", str(tmp_path), *QUIET])
+
+
+@pytest.mark.slow
+def test_two_rank_run_scores_every_eval_caption_once(tmp_path):
+    """7 eval images over 2 ranks x batch 2: the caption scores equal one process captioning the same 7 images."""
+    import subprocess
+    import sys
+
+    argv = [RECIPE, "--output_dir", str(tmp_path / "run"), "--max_train_samples", "16", "--max_eval_samples", "7",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "2", "--max_steps", "2",
+            "--generation_max_new_tokens", "8", *QUIET]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               os.path.join(REPO, "training", "train.py"), *argv]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("world size 2") == 2, result.stderr[-4000:]
+    two_ranks = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+
+    assert cli_main(["evaluate", str(tmp_path / "run"), "--dataset", "shapes", "--max-samples", "7", "--metrics",
+                     "bleu,rouge_l,cider", "--max-new-tokens", "8", "--out", str(tmp_path / "one.json")]) == 0
+    one_rank = json.loads((tmp_path / "one.json").read_text())
+    assert one_rank["num_samples"] == 7
+    for name in ("bleu_1", "bleu_4", "rouge_l", "cider"):
+        assert two_ranks[f"eval_{name}"] == pytest.approx(one_rank["scores"][name], abs=1e-9), name

@@ -30,12 +30,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .files import image_files, write_json_atomically  # noqa: E402
+from .files import image_files, open_image, write_json_atomically  # noqa: E402
 from .visualize import save_figure_atomically, unnormalize  # noqa: E402
 
 
 def _load_images(images) -> list[Image.Image]:
-    return [(Image.open(im) if isinstance(im, (str, os.PathLike)) else im).convert("RGB") for im in images]
+    return [open_image(str(im)) if isinstance(im, (str, os.PathLike)) else im.convert("RGB") for im in images]
 
 
 def token_labels(num_tokens: int, has_global: bool) -> list[str]:
@@ -272,11 +272,11 @@ def analyze(
 
 def analyze_saved_model(model_dir: str, paths: list[str], out_dir: str, **kwargs) -> dict:
     """`analyze` for `leanvision analyze`: loads the QVision model and processor saved in `model_dir`."""
-    from ..modeling.modeling_qvision import QVisionForConditionalGeneration
-    from ..processing.processing_qvision import QVisionProcessor
+    from .families import load_saved
 
-    model = QVisionForConditionalGeneration.from_pretrained(model_dir)
-    processor = QVisionProcessor.from_pretrained(model_dir)
+    family, model, processor = load_saved(model_dir)
+    if family.name != "qvision_multimodel":
+        raise ValueError(f"{model_dir!r} holds a {family.name} model; `analyze` reads QVision's Q-Former attention")
     return analyze(model, processor, image_files(paths), out_dir, **kwargs)
 
 

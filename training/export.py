@@ -7,7 +7,7 @@ import shutil
 import tempfile
 
 from ..hub_cards.cards import recipe_from_model_dir, render_card
-from .families import family_of_model_dir
+from .families import family_of_model_dir, load_saved
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SIBLING_IMPORT = re.compile(r"^from \.\.(?:configuration|modeling|processing)\.(\w+) import ", re.MULTILINE)
@@ -60,11 +60,10 @@ def read_eval_results(model_dir: str) -> dict:
 
 def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
     """Writes the flat bundle of the model saved in `model_dir` to `out_dir` (via a temporary folder and a rename)."""
-    family = family_of_model_dir(model_dir)
+    family_of_model_dir(model_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise ValueError(f"output folder {out_dir!r} exists; pass overwrite=True (--overwrite) to replace it")
-    model = family.model_class.from_pretrained(model_dir)
-    processor = family.load_processor(model_dir)
+    family, model, processor = load_saved(model_dir)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=".export-", dir=parent)

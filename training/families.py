@@ -120,6 +120,7 @@ def build_gated_sparse_blip(model_args, overrides: dict, train_captions: list[st
             pad_token_id=tokenizer.pad_token_id,
         )
         model = GatedSparseBlipForConditionalGeneration(GatedSparseBlipConfig(text_config=text_config, **overrides))
+        tokenizer.model_max_length = model.config.text_config.max_position_embeddings
     if vae is not None:
         model.model.vae.load_state_dict(vae.state_dict())
     vae_config = model.config.vae_config or {}
@@ -163,6 +164,7 @@ def build_qvision(model_args, overrides: dict, train_captions: list[str]):
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )
     model = QVisionForConditionalGeneration(QVisionConfig(text_config=text_config, **overrides))
+    tokenizer.model_max_length = model.config.text_config.max_position_embeddings
     image_size = model_args.image_size or model.config.vision_config.image_size
     return model, QVisionProcessor(build_image_processor(image_size), tokenizer)
 
@@ -267,3 +269,24 @@ def family_of_model_dir(model_dir: str) -> Family:
     except json.JSONDecodeError as err:
         raise ValueError(f"config.json in {model_dir!r} is not valid JSON: {err}") from None
     return get_family(model_type)
+
+
+def load_saved(model_dir: str) -> tuple[Family, object, object]:
+    """(family, model in eval mode, processor) of a saved or exported model folder, with clear errors for a
+    corrupted weights file and for missing processor files."""
+    from safetensors import SafetensorError
+
+    family = family_of_model_dir(model_dir)
+    try:
+        model = family.model_class.from_pretrained(model_dir).eval()
+    except SafetensorError as err:
+        raise ValueError(f"the weights in {model_dir!r} (model.safetensors) are corrupted or incomplete: {err}") from None
+    try:
+        processor = family.load_processor(model_dir)
+    except OSError as err:
+        raise ValueError(
+            f"{model_dir!r} has no usable processor files (processor_config.json / preprocessor_config.json and the "
+            f"tokenizer files): {str(err).splitlines()[0]}"
+        ) from None
+    return family, model, processor
+

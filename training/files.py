@@ -1,10 +1,47 @@
-"""Small file helpers shared by the tools: image discovery and atomic JSON writes."""
+"""Small file helpers shared by the tools: image discovery and loading, atomic JSON writes."""
 
 import json
 import os
 import tempfile
 
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Largest image decoded (width x height), checked from the header before decoding: 8192 x 8192.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def open_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """An image file as an upright 8-bit RGB PIL image.
+
+    The size is checked from the header before any pixel is decoded (this limit replaces PIL's decompression-bomb
+    check); EXIF orientation is applied; 16-bit and float grayscale images are scaled to 8 bits (PIL's own conversion
+    would clip them to white); palette, grayscale, RGBA and CMYK become RGB. A missing, truncated or non-image file
+    raises with the file's name.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such image file: {path!r}")
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # reading the header only; our limit is checked next
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(f"{path!r} has {width * height:,} pixels, more than the {max_pixels:,} allowed")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path!r} is not an image file PIL can read") from None
+    except (OSError, SyntaxError) as err:  # truncated or corrupted data
+        raise ValueError(f"{path!r} could not be decoded (truncated or corrupted?): {err}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return image.convert("RGB")
 
 
 def image_files(paths: list[str]) -> list[str]:

@@ -51,7 +51,8 @@ def publish(model_dir: str, repo_id: str, private: bool = False, revision: str |
             create_pr: bool = False, dry_run: bool = False, out_dir: str | None = None, base_model=None,
             datasets=None, evaluation: dict | None = None, license: str = "apache-2.0") -> str:
     """Exports `model_dir`, renders its card for `repo_id`, creates the repo if needed and uploads the folder in one
-    commit (to `revision`, a branch created if missing, or as a pull request with `create_pr`).
+    commit (to `revision`, a branch created if missing, or as a pull request with `create_pr`). A LoRA adapter folder
+    (adapter_config.json) goes up as an adapter repo instead (`lora.write_adapter_bundle`).
 
     Returns the commit URL (the pull request URL with `create_pr`); with `dry_run`, the folder that would be uploaded
     (`out_dir`, or a new temporary folder), and nothing is sent to the Hub.
@@ -66,13 +67,16 @@ def publish(model_dir: str, repo_id: str, private: bool = False, revision: str |
         raise ValueError(f"--out-dir {out_dir!r} exists; give a new folder")
     if not dry_run and get_token() is None:
         raise ValueError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN")
+    from .lora import is_adapter_dir, write_adapter_bundle
+
+    write = write_adapter_bundle if is_adapter_dir(model_dir) else write_bundle
     options = dict(base_model=base_model, datasets=datasets, evaluation=evaluation, license=license)
     if dry_run:
         folder = out_dir or os.path.join(tempfile.mkdtemp(prefix="leanvision-publish-"), repo_id.split("/")[-1])
-        return write_bundle(model_dir, repo_id, folder, **options)
+        return write(model_dir, repo_id, folder, **options)
 
     with tempfile.TemporaryDirectory(prefix="leanvision-publish-") as tmp:
-        folder = write_bundle(model_dir, repo_id, out_dir or os.path.join(tmp, "bundle"), **options)
+        folder = write(model_dir, repo_id, out_dir or os.path.join(tmp, "bundle"), **options)
         api = HfApi()
         repo_url = api.create_repo(repo_id, private=True if private else None, exist_ok=True)
         if revision not in (None, "main"):
@@ -86,7 +90,7 @@ def publish(model_dir: str, repo_id: str, private: bool = False, revision: str |
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `leanvision publish` arguments."""
-    parser.add_argument("model_dir", help="a model folder saved by training/train.py")
+    parser.add_argument("model_dir", help="a model folder saved by training/train.py (with --lora: an adapter repo)")
     parser.add_argument("repo_id", help="the Hub model repo to create or update, e.g. your-name/dtp-vit-digits")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--revision", help="upload to this branch (created from main if missing)")
@@ -94,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="write the folder to upload, print its path, stop")
     parser.add_argument("--out-dir", help="where to write the folder (must not exist; default: a temporary folder)")
     parser.add_argument("--base-model", action="append", help="Hub id of a checkpoint the model started from "
-                        "(repeatable), e.g. Salesforce/blip-image-captioning-base")
+                        "(repeatable), e.g. Salesforce/blip-image-captioning-base; for an adapter, its base model")
     parser.add_argument("--dataset", action="append", help="Hub id of a training dataset (repeatable)")
     parser.add_argument("--eval-json", help="a report written by `leanvision evaluate --out`, added to the card")
     parser.add_argument("--license", default="apache-2.0", help="license id for the card (default: apache-2.0)")

@@ -25,7 +25,7 @@ from .captioning_data import (
     references_of,
     with_example_ids,
 )
-from .families import family_of_model_dir
+from .families import family_of_model_dir, load_saved
 from .trainer import LeanTrainer
 
 logger = logging.getLogger("leanvision.captioning")
@@ -204,8 +204,7 @@ def load_captioner(model_dir: str):
     family = family_of_model_dir(model_dir)
     if family.task != "captioning":
         raise ValueError(f"{model_dir!r} holds a {family.name} model, which does not caption images")
-    model = family.model_class.from_pretrained(model_dir).eval()
-    return family, model, family.load_processor(model_dir)
+    return load_saved(model_dir)
 
 
 def decoding_kwargs(greedy: bool = False, beams: int | None = None, temperature: float | None = None,

@@ -178,7 +178,7 @@ def evaluate_zero_shot(model_dir: str, dataset_name: str, split: str | None = No
     "digits" is scikit-learn's digits test split; otherwise a Hub / local dataset with a ClassLabel column.
     """
     from .data import digits_dataset
-    from .families import family_of_model_dir
+    from .families import family_of_model_dir, load_saved
 
     family = family_of_model_dir(model_dir)
     if family.task != "contrastive":
@@ -201,8 +201,7 @@ def evaluate_zero_shot(model_dir: str, dataset_name: str, split: str | None = No
         prompts = prompts_for(labels.names, template)
         if max_samples:
             evaluation = evaluation.select(range(min(max_samples, len(evaluation))))
-    model = family.model_class.from_pretrained(model_dir).eval()
-    processor = family.load_processor(model_dir)
+    _, model, processor = load_saved(model_dir)
     scores = zero_shot_accuracy(model, processor, evaluation, prompts, image_column=image_column,
                                 label_column=label_column, batch_size=batch_size)
     return {

@@ -6,7 +6,7 @@
 A recipe (YAML or JSON) holds defaults for the flags below and for any `transformers.TrainingArguments` field;
 flags on the command line override it. `config_overrides` (a mapping in the recipe, a JSON object on the command
 line) sets fields of the family's config. The final model and its processor are saved to `output_dir`, ready for
-`leanvision export`.
+`leanvision export`; with `--lora`, a LoRA adapter of `model_name_or_path` and the processor (training/lora.py).
 """
 
 import json
@@ -20,13 +20,14 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from leanvision.training.callbacks import build_freezing_callback
 from leanvision.training.families import FAMILIES, get_family
+from leanvision.training.lora import LoraArguments, apply_lora, write_adapter_record
 from leanvision.training.tasks import TASKS
 
 logger = logging.getLogger("leanvision.train")
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(LoraArguments):
     family: str = field(default="dtp_vit", metadata={"help": f"model family: one of {sorted(FAMILIES)}"})
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "start from this saved model (folder or Hub id) instead of a fresh one"}
@@ -143,6 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
 
     setup = TASKS[family.task](family, model_args, data_args, training_args)
+    if model_args.lora:
+        if model_args.freezing:
+            logger.warning("--lora: the freezing schedule is not applied; only the LoRA weights train")
+            model_args.freezing = None
+        setup.model = apply_lora(setup.model, family, model_args)
     freezing = build_freezing_callback(model_args.freezing, model=setup.model)
     trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
     logger.info(
@@ -162,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
+    if model_args.lora and trainer.is_world_process_zero():
+        write_adapter_record(training_args.output_dir, family.name, model_args.model_name_or_path)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     metrics = trainer.evaluate()

@@ -1,0 +1,304 @@
+"""LoRA adapters (peft) for every leanvision family: training arguments, adapter set-up, loading, merging and
+adapter repos for the Hub.
+
+    leanvision train RECIPE.yaml --model_name_or_path BASE --lora [--lora_r 8 --lora_alpha 16 ...]
+    leanvision merge-lora ADAPTER_DIR --base BASE OUT_DIR
+
+An adapter folder holds peft's `adapter_config.json` + `adapter_model.safetensors`, the processor and
+`leanvision_adapter.json` (family and where the base came from). Its `base_model_name_or_path` is the base's Hub
+id, or only the folder name of a local base, so that no local path is written.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("leanvision.lora")
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_RECORD = "leanvision_adapter.json"
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+# Attention projections of each family's trainable towers (peft matches a name or a dotted suffix of one).
+DEFAULT_TARGET_MODULES = {
+    "dtp_vit": ("q_proj", "k_proj", "v_proj", "out_proj"),
+    "dtp_clip": ("q_proj", "k_proj", "v_proj", "out_proj"),  # image and text towers
+    "gated_sparse_blip": (
+        "qkv", "projection", "query", "key", "value", "attention.output.dense", "crossattention.output.dense",
+    ),
+    "qvision_multimodel": ("q_proj", "k_proj", "v_proj", "out_proj"),  # Q-Former, cross-attention, GPT-Neo
+}
+# Towers that stay frozen under LoRA (peft `exclude_modules`, a regex over full module names).
+FROZEN_MODULES = {
+    "gated_sparse_blip": r"model\.vae\..*",
+    "qvision_multimodel": r"vision_model\..*",
+}
+
+
+@dataclass
+class LoraArguments:
+    lora: bool = field(
+        default=False,
+        metadata={"help": "train a LoRA adapter (peft) on top of `model_name_or_path`; the base weights stay fixed"},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling: updates are scaled by alpha / r"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={"help": "comma-separated module names to adapt (a list in a recipe); default: the family's "
+                  f"attention projections {json.dumps({k: list(v) for k, v in DEFAULT_TARGET_MODULES.items()})}"},
+    )
+
+
+def target_modules(family_name: str, value) -> list[str]:
+    """Target module names from a recipe list or a comma-separated string; None: the family's defaults."""
+    if value is None:
+        return list(DEFAULT_TARGET_MODULES[family_name])
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(name).strip() for name in names]
+    if not names or not all(names):
+        raise ValueError(f"lora_target_modules must name one or more modules, got {value!r}")
+    return names
+
+
+def lora_config(model, family_name: str, args):
+    """The checked `peft.LoraConfig` of `args` (LoraArguments fields) for `model` of family `family_name`."""
+    from peft import LoraConfig
+
+    if isinstance(args.lora_r, bool) or not isinstance(args.lora_r, int) or args.lora_r < 1:
+        raise ValueError(f"lora_r (the LoRA rank) must be a positive integer, got {args.lora_r!r}")
+    if not args.lora_alpha > 0:
+        raise ValueError(f"lora_alpha must be positive, got {args.lora_alpha!r}")
+    if not 0 <= args.lora_dropout < 1:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {args.lora_dropout!r}")
+    targets = target_modules(family_name, args.lora_target_modules)
+    frozen = FROZEN_MODULES.get(family_name)
+    all_names = [name for name, _ in model.named_modules() if name]
+    names = [name for name in all_names if not (frozen and re.fullmatch(frozen, name))]
+    excluded = len(names) < len(all_names)
+    for target in targets:
+        if not any(name == target or name.endswith("." + target) for name in names):
+            where = " outside its frozen tower" if excluded else ""
+            raise ValueError(
+                f"LoRA target module {target!r} matches no module of the {family_name} model{where}; "
+                f"the defaults are {list(DEFAULT_TARGET_MODULES[family_name])}"
+            )
+    return LoraConfig(
+        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=targets,
+        exclude_modules=frozen if excluded else None, bias="none",
+    )
+
+
+def public_base_name(name_or_path: str) -> str:
+    """What an adapter records as its base: a Hub id as is, a local folder by its name only."""
+    return os.path.basename(os.path.abspath(name_or_path)) if os.path.isdir(name_or_path) else name_or_path
+
+
+def apply_lora(model, family, args):
+    """`model` (loaded from `model_name_or_path`) wrapped as a `peft.PeftModel` in which only the LoRA weights train.
+
+    `args` carries the `LoraArguments` fields. The base's recorded name (adapter_config.json's
+    `base_model_name_or_path`, the README peft writes) becomes `public_base_name` of where it was loaded from.
+    """
+    from peft import get_peft_model
+
+    if not model.name_or_path:
+        raise ValueError(
+            "LoRA adapts a trained model: pass --model_name_or_path (a saved or exported leanvision model folder, "
+            "or a Hub repo)"
+        )
+    config = lora_config(model, family.name, args)
+    model.name_or_path = model.config.name_or_path = public_base_name(model.name_or_path)
+    peft_model = get_peft_model(model, config)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    logger.info(
+        "LoRA r=%d alpha=%g on %s: %d of %d parameters train (%.2f%%)",
+        config.r, config.lora_alpha, sorted(config.target_modules), trainable, total, 100 * trainable / total,
+    )
+    return peft_model
+
+
+def _write_json(path: str, value: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def write_adapter_record(adapter_dir: str, family_name: str, base_name_or_path: str) -> None:
+    """`leanvision_adapter.json`: the family and whether the base came from the Hub or a local folder."""
+    _write_json(os.path.join(adapter_dir, ADAPTER_RECORD), {
+        "family": family_name,
+        "base_model": public_base_name(base_name_or_path),
+        "base_model_source": "local folder" if os.path.isdir(base_name_or_path) else "hub",
+    })
+
+
+def is_adapter_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+
+
+def read_adapter_record(adapter_dir: str) -> dict:
+    if not is_adapter_dir(adapter_dir):
+        raise ValueError(f"{adapter_dir!r} is not a LoRA adapter folder: {ADAPTER_CONFIG} is missing")
+    path = os.path.join(adapter_dir, ADAPTER_RECORD)
+    if not os.path.isfile(path):
+        raise ValueError(f"{adapter_dir!r} has no {ADAPTER_RECORD}: it was not trained by leanvision")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_base_model(name_or_path: str):
+    """The in-package leanvision model saved (or exported) in a folder or a Hub repo."""
+    from transformers import PretrainedConfig
+
+    from .families import get_family
+
+    config, _ = PretrainedConfig.get_config_dict(name_or_path)
+    return get_family(config.get("model_type")).model_class.from_pretrained(name_or_path)
+
+
+def load_adapter_model(base, adapter_dir: str):
+    """The adapter in `adapter_dir` on top of `base`, in eval mode.
+
+    `base`: a model instance (the in-package class, or the remote-code class of an export loaded with
+    `AutoModel...from_pretrained(..., trust_remote_code=True)`; its layers are adapted in place), or the folder / Hub
+    id of a leanvision model, loaded with the in-package class.
+    """
+    from peft import PeftModel
+
+    family = read_adapter_record(adapter_dir)["family"]
+    if isinstance(base, (str, os.PathLike)):
+        base = load_base_model(str(base))
+    if base.config.model_type != family:
+        raise ValueError(f"the adapter in {adapter_dir!r} adapts a {family} model, not {base.config.model_type}")
+    return PeftModel.from_pretrained(base, adapter_dir).eval()
+
+
+def merge_adapter(adapter_dir: str, base: str, out_dir: str, overwrite: bool = False) -> str:
+    """Folds the adapter into `base` (a leanvision model folder or Hub id) and saves a plain model folder with its
+    processor to `out_dir`, ready for `leanvision export` (written to a temporary folder, renamed at the end)."""
+    from .export import replace_dir_atomically
+    from .families import get_family
+
+    if os.path.exists(out_dir) and not overwrite:
+        raise ValueError(f"output folder {out_dir!r} exists; pass overwrite=True (--overwrite) to replace it")
+    family = get_family(read_adapter_record(adapter_dir)["family"])
+    model = load_adapter_model(base, adapter_dir).merge_and_unload()
+    # An exported base names its remote code, which the merged folder does not hold (`export` adds it back).
+    for key in ("auto_map", "custom_pipelines"):
+        if hasattr(model.config, key):
+            delattr(model.config, key)
+    has_processor = any(os.path.isfile(os.path.join(adapter_dir, name)) for name in PROCESSOR_FILES)
+    processor = family.load_processor(adapter_dir if has_processor else base)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".merge-", dir=parent)
+    try:
+        model.save_pretrained(tmp_dir)
+        processor.save_pretrained(tmp_dir)
+        metrics = os.path.join(adapter_dir, "eval_results.json")
+        if os.path.isfile(metrics):
+            shutil.copy(metrics, tmp_dir)
+        replace_dir_atomically(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return out_dir
+
+
+ADAPTER_CARD = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A LoRA adapter (rank {{ rank }}, alpha {{ alpha }}) for [{{ base }}](https://huggingface.co/{{ base }}), a
+leanvision {{ family }} model, trained with [peft](https://github.com/huggingface/peft). It adapts the modules
+named {{ targets }}; the base model's weights are unchanged.
+
+## How to use
+
+```python
+from peft import PeftModel
+from transformers import {{ auto_class }}
+
+base = {{ auto_class }}.from_pretrained("{{ base }}", trust_remote_code=True)
+model = PeftModel.from_pretrained(base, "{{ repo }}")
+model = model.merge_and_unload()  # optional: a plain model with the adapter folded in
+```
+{% if rows %}
+
+## Evaluation
+
+| metric | value | data |
+|---|---|---|
+{% for row in rows %}
+| {{ row.label }} | {{ row.value }} | {{ row.data }} |
+{% endfor %}
+{% endif %}
+"""
+
+
+def write_adapter_bundle(adapter_dir: str, repo_id: str, out_dir: str, base_model=None, datasets=None,
+                         evaluation: dict | None = None, license: str = "apache-2.0") -> str:
+    """The Hub folder of a LoRA adapter: its weights, its adapter_config.json and leanvision_adapter.json pointing at
+    the base's Hub id, eval_results.json if any, and a README.md whose metadata names the base model
+    (`library_name: peft`).
+
+    `base_model`: the base's Hub id (one, or a list of one); default: the recorded base if it came from the Hub.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub.utils import validate_repo_id
+
+    from ..hub_cards.cards import _auto_class, _hub_ids, check_public, evaluation_rows
+    from .export import read_eval_results
+    from .families import get_family
+
+    validate_repo_id(repo_id)
+    record = read_adapter_record(adapter_dir)
+    family = get_family(record["family"])
+    bases = _hub_ids(base_model, "base model")
+    if len(bases) > 1:
+        raise ValueError(f"an adapter has one base model, got {bases}")
+    if not bases:
+        if record["base_model_source"] != "hub":
+            raise ValueError(
+                f"the adapter's base is the local folder {record['base_model']!r}: publish the base model and name "
+                "its repo with --base-model"
+            )
+        bases = _hub_ids(record["base_model"], "base model")
+    base = bases[0]
+    datasets = _hub_ids(datasets, "dataset")
+    with open(os.path.join(adapter_dir, ADAPTER_CONFIG)) as f:
+        adapter_config = json.load(f)
+    adapter_config["base_model_name_or_path"] = base
+    metrics = read_eval_results(adapter_dir)
+    rows, _ = evaluation_rows(metrics, evaluation, datasets)
+    data = ModelCardData(
+        library_name="peft", base_model=base, pipeline_tag=family.pipeline_tag, license=license,
+        datasets=datasets or None, tags=["lora", "peft", "leanvision", family.name],
+    )
+    card = ModelCard.from_template(
+        data, template_str=ADAPTER_CARD, title=repo_id.split("/")[-1], base=base, repo=repo_id, family=family.name,
+        rank=adapter_config["r"], alpha=adapter_config["lora_alpha"],
+        targets=", ".join(f"`{name}`" for name in sorted(adapter_config["target_modules"])),
+        auto_class=_auto_class(family), rows=rows,
+    )
+    text = str(card)
+    check_public(text)
+
+    os.makedirs(out_dir)
+    shutil.copy(os.path.join(adapter_dir, ADAPTER_WEIGHTS), out_dir)
+    _write_json(os.path.join(out_dir, ADAPTER_CONFIG), adapter_config)
+    _write_json(os.path.join(out_dir, ADAPTER_RECORD), dict(record, base_model=base, base_model_source="hub"))
+    if metrics:
+        _write_json(os.path.join(out_dir, "eval_results.json"), metrics)
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(text)
+    return out_dir
