@@ -48,3 +48,37 @@ def test_scanner_catches_unsafe_code(tmp_path):
 def test_package_has_no_unsafe_loading(repo_root):
     problems = [p for path in package_sources(repo_root) for p in unsafe_calls(path)]
     assert problems == []
+
+
+# What an exported bundle may import: the standard library and the runtime dependencies declared in pyproject.toml
+# (import names), nothing from leanvision or its training code.
+BUNDLE_IMPORTS = {"torch", "transformers", "safetensors", "diffusers", "numpy", "PIL", "huggingface_hub"}
+
+
+def test_every_exported_bundle_imports_only_its_own_files_and_declared_dependencies(repo_root):
+    import sys
+    import tomllib
+
+    from leanvision.training.export import flatten_source
+    from leanvision.training.families import FAMILIES
+
+    with open(os.path.join(repo_root, "pyproject.toml"), "rb") as f:
+        declared = {dep.split(">")[0].split("<")[0].split("=")[0].strip().lower()
+                    for dep in tomllib.load(f)["project"]["dependencies"]}
+    distribution = {"PIL": "pillow"}
+    assert {distribution.get(name, name).lower() for name in BUNDLE_IMPORTS} <= declared
+    for family in FAMILIES.values():
+        bundle = {os.path.basename(path)[:-3] for path in family.source_files}
+        for relative in family.source_files:
+            with open(os.path.join(repo_root, relative)) as f:
+                tree = ast.parse(flatten_source(f.read(), relative))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    assert node.level == 1 and node.module in bundle, (family.name, relative, node.module)
+                elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                    for name in names:
+                        top = name.split(".")[0]
+                        assert top in BUNDLE_IMPORTS or top in sys.stdlib_module_names, (family.name, relative, name)
+        for module in family.auto_map.values():
+            assert module.split(".")[0] in bundle, (family.name, module)
