@@ -86,6 +86,26 @@ def test_dry_run_writes_the_folder_and_sends_nothing(model_dir, hub, tmp_path):
         assert str(tmp_path) not in text and str(model_dir) not in text, name
 
 
+def test_dry_run_failing_mid_write_leaves_no_folder_and_an_existing_one_untouched(model_dir, tmp_path, monkeypatch):
+    import leanvision.hub_cards.cards as cards
+
+    def broken_card(*args, **kwargs):
+        raise RuntimeError("injected failure while rendering the card")
+
+    monkeypatch.setattr(cards, "render_card", broken_card)
+    out = tmp_path / "bundle"
+    with pytest.raises(RuntimeError, match="injected"):
+        publish(str(model_dir), REPO, dry_run=True, out_dir=str(out))
+    assert sorted(os.listdir(tmp_path)) == []  # neither the folder nor a temporary one is left
+    monkeypatch.undo()
+
+    out.mkdir()
+    (out / "keep.txt").write_text("previous result")
+    with pytest.raises(ValueError, match="exists"):
+        publish(str(model_dir), REPO, dry_run=True, out_dir=str(out))
+    assert os.listdir(out) == ["keep.txt"]
+
+
 def test_publish_refuses_a_pull_request_on_a_branch_and_a_missing_token(model_dir, hub, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="pull request"):
         publish(str(model_dir), REPO, revision="dev", create_pr=True)

@@ -8,6 +8,7 @@ stays cheap to build.
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -28,22 +29,33 @@ def count_parameters(safetensors_path: str) -> int:
 
 def write_bundle(model_dir: str, repo_id: str, out_dir: str, base_model=None, datasets=None,
                  evaluation: dict | None = None, license: str = "apache-2.0") -> str:
-    """The flat export of `model_dir` in `out_dir`, its README.md rendered for `repo_id`."""
+    """The flat export of `model_dir` in `out_dir`, its README.md rendered for `repo_id`. Built in a temporary folder
+    beside `out_dir` and renamed at the end, so a failure leaves no partial folder."""
     from ..hub_cards.cards import recipe_from_model_dir, render_card
     from .export import export_model, read_eval_results
     from .families import family_of_model_dir
 
     family = family_of_model_dir(model_dir)
-    export_model(model_dir, out_dir)
-    config = family.config_class.from_pretrained(out_dir)
-    weights = os.path.join(out_dir, "model.safetensors")
-    card = render_card(
-        family, config, read_eval_results(model_dir), repo_id=repo_id, base_model=base_model, datasets=datasets,
-        recipe=recipe_from_model_dir(model_dir), evaluation=evaluation,
-        num_parameters=count_parameters(weights) if os.path.isfile(weights) else None, license=license,
-    )
-    with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(card)
+    if os.path.exists(out_dir):
+        raise ValueError(f"output folder {out_dir!r} exists; choose a new --out-dir")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".publish-", dir=parent)
+    try:
+        staging = os.path.join(tmp, "bundle")
+        export_model(model_dir, staging)
+        config = family.config_class.from_pretrained(staging)
+        weights = os.path.join(staging, "model.safetensors")
+        card = render_card(
+            family, config, read_eval_results(model_dir), repo_id=repo_id, base_model=base_model, datasets=datasets,
+            recipe=recipe_from_model_dir(model_dir), evaluation=evaluation,
+            num_parameters=count_parameters(weights) if os.path.isfile(weights) else None, license=license,
+        )
+        with open(os.path.join(staging, "README.md"), "w") as f:
+            f.write(card)
+        os.rename(staging, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
