@@ -76,6 +76,10 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(family, tmp_path):
     logs = [json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"] for name in ("full", "run")]
     losses = [[entry["loss"] for entry in log if "loss" in entry] for log in logs]
     assert losses[0][3:] == losses[1][-3:], losses  # steps 4-6 saw the same batches
+    # Logs, states and configs written by the runs (checkpoints included) hold no local absolute path.
+    for path in (tmp_path / "run").rglob("*"):
+        if path.suffix in (".json", ".md", ".txt"):
+            assert str(tmp_path) not in path.read_text(), path
     if family == "qvision_multimodel":
         phases = [entry["freezing_phase"] for entry in logs[1] if "freezing_phase" in entry]
         assert phases[-1] == 2  # the resumed run came back in phase 2
