@@ -194,3 +194,46 @@ def test_two_rank_run_scores_every_eval_caption_once(tmp_path):
     assert one_rank["num_samples"] == 7
     for name in ("bleu_1", "bleu_4", "rouge_l", "cider"):
         assert two_ranks[f"eval_{name}"] == pytest.approx(one_rank["scores"][name], abs=1e-9), name
+
+
+RECORD_IDS = """
+import json, os, sys
+from leanvision.training import captioning_data
+call = captioning_data.CaptionCollator.__call__
+def recording_call(self, rows):
+    path = os.path.join(os.environ["IDS_DIR"], f"rank{os.environ['RANK']}.jsonl")
+    if "example_id" in rows[0]:
+        with open(path, "a") as f:
+            f.write(json.dumps([int(row["example_id"]) for row in rows]) + "\\n")
+    return call(self, rows)
+captioning_data.CaptionCollator.__call__ = recording_call
+from leanvision.training.train import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_train_on_disjoint_halves_of_the_data(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "record_ids.py"
+    script.write_text(RECORD_IDS)
+    ids_dir = tmp_path / "ids"
+    ids_dir.mkdir()
+    # 16 images, 2 ranks x batch 4, 2 steps = one epoch: each rank must see its own 8.
+    argv = [RECIPE, "--output_dir", str(tmp_path / "run"), "--max_train_samples", "16", "--max_eval_samples", "2",
+            "--per_device_train_batch_size", "4", "--max_steps", "2", "--generation_max_new_tokens", "2", *QUIET]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *argv]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", IDS_DIR=str(ids_dir)))
+    assert result.returncode == 0, result.stderr[-4000:]
+    seen = {}
+    for rank in (0, 1):
+        lines = (ids_dir / f"rank{rank}.jsonl").read_text().splitlines()
+        seen[rank] = [i for line in lines for i in json.loads(line)]
+    # The final evaluation's batches (recorded too) come after the two training batches of each rank.
+    train = {rank: ids[:8] for rank, ids in seen.items()}
+    assert not set(train[0]) & set(train[1]), train
+    assert sorted(train[0] + train[1]) == list(range(16))
