@@ -18,3 +18,18 @@ def run_fresh(script: str, tmp_path, *args: str) -> dict:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "train.py")
+
+
+def launch_two_ranks(argv: list[str], cwd, script: str = TRAIN_PY, **env: str) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2` (DDP over gloo on CPU, one thread each) of `script argv`;
+    asserts that it succeeded and that both ranks started."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *argv]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("world size 2") == 2, result.stderr[-4000:]
+    return result

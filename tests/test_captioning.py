@@ -16,6 +16,7 @@ from captioning_helpers import (
     model_args,
     save_tiny_captioner,
 )
+from helpers import launch_two_ranks
 from leanvision.cli import main as cli_main
 from leanvision.training.captioning_data import CaptionCollator, word_level_tokenizer
 from leanvision.training.families import get_family
@@ -291,23 +292,14 @@ def test_training_starts_from_a_blip_checkpoint_and_a_diffusers_vae(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_rank_generation_eval_gathers_every_caption_once(tmp_path, repo_root):
-    import subprocess
-    import sys
-
+def test_two_rank_generation_eval_gathers_every_caption_once(tmp_path):
     data_dir = tmp_path / "coco30k"
     # 7 eval rows over 2 ranks x batch 2: the last batch is padded with a repeated row, which the gather drops.
     coco30k_style_dataset(num_rows=25, num_test=7).save_to_disk(str(data_dir))
     base = [recipe(tmp_path, with_vae=False), "--dataset_name", str(data_dir), "--output_dir", str(tmp_path / "run"),
             *FAST]
     argv = [*base, "--max_steps", "2", "--per_device_eval_batch_size", "2"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               os.path.join(repo_root, "training", "train.py"), *argv]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stderr.count("world size 2") == 2, result.stderr[-4000:]
+    launch_two_ranks(argv, tmp_path)
     with open(tmp_path / "run" / "eval_results.json") as f:
         two_ranks = json.load(f)
 

@@ -3,10 +3,10 @@ of every training example each rank feeds the model (the image or latent tensor)
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+from helpers import launch_two_ranks
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "recipes")
 TINY_RUN = ["--max_train_samples", "16", "--max_eval_samples", "2", "--per_device_train_batch_size", "4",
@@ -46,11 +46,7 @@ def test_two_ranks_train_on_disjoint_halves_of_the_data(family, tmp_path):
     argv = [os.path.join(RECIPES, RECIPE_OF[family]), "--output_dir", str(tmp_path / "run"), *TINY_RUN]
     if family in ("gated_sparse_blip", "qvision_multimodel"):
         argv += CAPTIONING
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *argv]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", DIGESTS=str(digests)))
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch_two_ranks(argv, tmp_path, script=str(script), DIGESTS=str(digests))
     seen = {}
     for rank in (0, 1):
         lines = (digests / f"rank{rank}.jsonl").read_text().splitlines()

@@ -15,7 +15,7 @@ from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
-from helpers import run_fresh
+from helpers import launch_two_ranks, run_fresh
 from leanvision.cli import main as cli_main
 from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
 from leanvision.processing.processing_dtp_clip import DTPCLIPProcessor
@@ -201,19 +201,10 @@ def test_evaluate_command_scores_zero_shot_with_a_template(tmp_path):
 def test_two_rank_run_gathers_zero_shot_scores_over_every_eval_image(tmp_path):
     """7 eval images over 2 ranks x batch 2: the padded last batch is dropped by the gather, so the 2-rank scores equal
     one process scoring the saved model on the same 7 images."""
-    import subprocess
-    import sys
-
     argv = [RECIPE, "--output_dir", str(tmp_path / "run"), "--max_train_samples", "16", "--max_eval_samples", "7",
             *FAST]
     argv[argv.index("--per_device_eval_batch_size") + 1] = "2"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               os.path.join(REPO, "training", "train.py"), *argv]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stderr.count("world size 2") == 2, result.stderr[-4000:]
+    launch_two_ranks(argv, tmp_path)
     two_ranks = json.loads((tmp_path / "run" / "eval_results.json").read_text())
 
     assert cli_main(["evaluate", str(tmp_path / "run"), "--dataset", "shapes", "--max-samples", "7",

@@ -11,7 +11,7 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPConfig, CLIPModel, GPT2TokenizerFast, GPTNeoConfig, GPTNeoForCausalLM
 
-from helpers import run_fresh
+from helpers import launch_two_ranks, run_fresh
 from leanvision.cli import main as cli_main
 from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
 from leanvision.processing.processing_dtp_vit import build_image_processor
@@ -173,19 +173,10 @@ def test_backbones_must_come_in_pairs(tmp_path):
 @pytest.mark.slow
 def test_two_rank_run_scores_every_eval_caption_once(tmp_path):
     """7 eval images over 2 ranks x batch 2: the caption scores equal one process captioning the same 7 images."""
-    import subprocess
-    import sys
-
     argv = [RECIPE, "--output_dir", str(tmp_path / "run"), "--max_train_samples", "16", "--max_eval_samples", "7",
             "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "2", "--max_steps", "2",
             "--generation_max_new_tokens", "8", *QUIET]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               os.path.join(REPO, "training", "train.py"), *argv]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stderr.count("world size 2") == 2, result.stderr[-4000:]
+    launch_two_ranks(argv, tmp_path)
     two_ranks = json.loads((tmp_path / "run" / "eval_results.json").read_text())
 
     assert cli_main(["evaluate", str(tmp_path / "run"), "--dataset", "shapes", "--max-samples", "7", "--metrics",

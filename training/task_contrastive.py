@@ -10,7 +10,6 @@ import glob
 import logging
 import os
 
-import torch
 from datasets import ClassLabel, load_dataset
 from transformers import AutoTokenizer, CLIPTokenizer
 
