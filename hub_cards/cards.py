@@ -147,17 +147,23 @@ def evaluation_rows(metrics: dict | None, evaluation: dict | None = None, datase
 
 
 def recipe_from_model_dir(model_dir: str) -> list[tuple[str, str]]:
-    """Training facts a Trainer run leaves in its output folder (trainer_state.json): epochs, steps, batch size."""
+    """Training facts a train.py run leaves in its output folder: data, recipe, learning rate, seed and world size
+    (leanvision_training.json), epochs, steps and batch size (trainer_state.json)."""
+    facts = []
+    path = os.path.join(model_dir, "leanvision_training.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            record = json.load(f)
+        facts += [(name, record.get(name)) for name in ("training data", "recipe", "learning rate", "seed", "world size")]
     path = os.path.join(model_dir, "trainer_state.json")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        state = json.load(f)
-    facts = [
-        ("epochs", state.get("num_train_epochs")),
-        ("optimiser steps", state.get("global_step")),
-        ("batch size per device", state.get("train_batch_size")),
-    ]
+    if os.path.isfile(path):
+        with open(path) as f:
+            state = json.load(f)
+        facts += [
+            ("epochs", state.get("num_train_epochs")),
+            ("optimiser steps", state.get("global_step")),
+            ("batch size per device", state.get("train_batch_size")),
+        ]
     return [(name, value) for name, value in facts if value is not None]
 
 

@@ -83,3 +83,22 @@ def test_every_shipped_recipe_parses_with_a_known_family_and_valid_freezing(reci
     assert isinstance(parse_config_overrides(model_args.config_overrides), dict)
     assert training_args.output_dir.startswith("outputs/")
     build_freezing_callback(model_args.freezing)  # raises on an invalid schedule
+
+
+def test_training_record_feeds_the_card_without_local_paths(tmp_path):
+    from leanvision.training.data import digits_dataset
+    from leanvision.training.export import export_model
+
+    train_main([RECIPE, "--output_dir", str(tmp_path / "run"), "--max_steps", "2", *FAST])
+    record = json.loads((tmp_path / "run" / "leanvision_training.json").read_text())
+    assert record["training data"] == "scikit-learn's digits (built in)" and record["recipe"] == "dtp_vit_digits.yaml"
+    export_model(str(tmp_path / "run"), str(tmp_path / "export"))
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "| training data | scikit-learn's digits (built in) |" in card and "| recipe | dtp_vit_digits.yaml |" in card
+
+    digits_dataset().save_to_disk(str(tmp_path / "my_digits"))
+    train_main([RECIPE, "--output_dir", str(tmp_path / "local"), "--dataset_name", str(tmp_path / "my_digits"),
+                "--max_steps", "2", *FAST])
+    record = json.loads((tmp_path / "local" / "leanvision_training.json").read_text())
+    assert record["training data"] == "my_digits (a local folder)"
+    assert str(tmp_path) not in (tmp_path / "local" / "leanvision_training.json").read_text()

@@ -104,6 +104,38 @@ class DataArguments:
     )
 
 
+BUILT_IN_DATA = {
+    "image_classification": "scikit-learn's digits (built in)",
+    "captioning": "the shapes captions (built in, leanvision.training.shapes)",
+    "contrastive": "the single-object shapes set (built in, leanvision.training.shapes)",
+}
+TRAINING_RECORD = "leanvision_training.json"
+
+
+def recipe_file(argv: list[str] | None) -> str | None:
+    argv = sys.argv[1:] if argv is None else argv
+    return os.path.basename(argv[0]) if argv and argv[0].endswith((".yaml", ".yml", ".json")) else None
+
+
+def write_training_record(output_dir: str, family, model_args, data_args, training_args, recipe: str | None) -> None:
+    """`leanvision_training.json`: what the model card says about training. Local paths are cut to their last part."""
+
+    def public(name: str | None) -> str | None:
+        return f"{os.path.basename(os.path.normpath(name))} (a local folder)" if name and os.path.exists(name) else name
+
+    record = {
+        "family": family.name,
+        "recipe": recipe,
+        "training data": public(data_args.dataset_name) or BUILT_IN_DATA[family.task],
+        "learning rate": training_args.learning_rate,
+        "seed": training_args.seed,
+        "world size": training_args.world_size,
+    }
+    with open(os.path.join(output_dir, TRAINING_RECORD), "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+
+
 def load_recipe(path: str) -> dict:
     if not os.path.isfile(path):
         raise ValueError(f"recipe file {path!r} does not exist")
@@ -170,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_model()
     if model_args.lora and trainer.is_world_process_zero():
         write_adapter_record(training_args.output_dir, family.name, model_args.model_name_or_path)
+    if trainer.is_world_process_zero():
+        write_training_record(training_args.output_dir, family, model_args, data_args, training_args, recipe_file(argv))
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     metrics = trainer.evaluate()
