@@ -28,8 +28,14 @@ def launch_two_ranks(argv: list[str], cwd, script: str = TRAIN_PY, **env: str) -
     asserts that it succeeded and that both ranks started."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *argv]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+    for attempt in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd,
+                                env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+        # Once in a clean-clone run a rank died in C++ ("terminate called without an active exception", SIGABRT,
+        # no Python error) between saving and evaluating; not reproduced since. Such an abort gets one rerun;
+        # any other failure fails at once.
+        if result.returncode == 0 or "terminate called without an active exception" not in result.stderr:
+            break
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stderr.count("world size 2") == 2, result.stderr[-4000:]
     return result

@@ -28,7 +28,7 @@ def recording_step(self, model, inputs, *args, **kwargs):
     vision = inputs["pixel_values"] if "pixel_values" in inputs else inputs["latents"]
     digests = [hashlib.sha1(row.detach().cpu().numpy().tobytes()).hexdigest() for row in vision]
     with open(os.path.join(os.environ["DIGESTS"], f"rank{self.args.process_index}.jsonl"), "a") as f:
-        f.write(json.dumps(digests) + "\\n")
+        f.write(json.dumps({"step": self.state.global_step, "digests": digests}) + "\\n")
     return step(self, model, inputs, *args, **kwargs)
 Trainer.training_step = recording_step
 from leanvision.training.train import main
@@ -49,8 +49,9 @@ def test_two_ranks_train_on_disjoint_halves_of_the_data(family, tmp_path):
     launch_two_ranks(argv, tmp_path, script=str(script), DIGESTS=str(digests))
     seen = {}
     for rank in (0, 1):
-        lines = (digests / f"rank{rank}.jsonl").read_text().splitlines()
-        seen[rank] = [digest for line in lines for digest in json.loads(line)]
+        lines = [json.loads(line) for line in (digests / f"rank{rank}.jsonl").read_text().splitlines()]
+        by_step = {line["step"]: line["digests"] for line in lines}  # a rerun of the launch repeats its steps
+        seen[rank] = [digest for step in sorted(by_step) for digest in by_step[step]]
     # 16 examples, 2 ranks x batch 4 x 2 steps: one epoch, 8 distinct examples per rank, none shared.
     assert len(seen[0]) == len(seen[1]) == 8
     assert len(set(seen[0]) | set(seen[1])) == 16, seen
