@@ -65,7 +65,7 @@ def _export_fails_cleanly(env, model_dir, match):
     with pytest.raises(ValueError, match=match):
         export_model(str(model_dir), str(out))
     assert not out.exists()
-    assert not [name for name in os.listdir(env["root"]) if name.startswith(".export-")]
+    assert not [name for name in os.listdir(env["root"]) if name.startswith(".staging-")]
 
 
 def _rgb_image(seed=0, size=(20, 30)) -> Image.Image:

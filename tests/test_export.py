@@ -59,7 +59,7 @@ def test_export_writes_expected_files_without_local_paths(model_dir, tmp_path):
         text = (out / name).read_text()
         assert str(tmp_path) not in text and "/tmp/" not in text, name
     assert "from .configuration_dtp_vit import DTPViTConfig" in (out / "modeling_dtp_vit.py").read_text()
-    assert not any(name.startswith(".export-") for name in os.listdir(tmp_path))
+    assert not any(name.startswith(".staging-") for name in os.listdir(tmp_path))
 
 
 def test_export_refuses_existing_folder_and_keeps_it_on_failure(model_dir, tmp_path, monkeypatch):

@@ -3,11 +3,10 @@
 import json
 import os
 import re
-import shutil
-import tempfile
 
 from ..hub_cards.cards import recipe_from_model_dir, render_card
 from .families import family_of_model_dir, load_saved
+from .files import staged_folder
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SIBLING_IMPORT = re.compile(r"^from \.\.(?:configuration|modeling|processing)\.(\w+) import ", re.MULTILINE)
@@ -21,18 +20,6 @@ def flatten_source(text: str, name: str = "<source>") -> str:
     if leftover:
         raise ValueError(f"{name} imports {leftover.group(0).strip()!r}, which a flat remote-code bundle cannot follow")
     return flat
-
-
-def replace_dir_atomically(tmp_dir: str, out_dir: str) -> None:
-    """Moves the finished `tmp_dir` to `out_dir`; an existing `out_dir` is kept until the new one is in place."""
-    backup = None
-    if os.path.exists(out_dir):
-        backup = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(os.path.abspath(out_dir)))
-        os.rmdir(backup)
-        os.rename(out_dir, backup)
-    os.rename(tmp_dir, out_dir)
-    if backup:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 def add_processor_auto_map(bundle_dir: str, auto_map: dict[str, str]) -> None:
@@ -64,10 +51,7 @@ def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
     if os.path.exists(out_dir) and not overwrite:
         raise ValueError(f"output folder {out_dir!r} exists; pass overwrite=True (--overwrite) to replace it")
     family, model, processor = load_saved(model_dir)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
+    with staged_folder(out_dir) as tmp_dir:
         for relative in family.source_files:
             with open(os.path.join(PACKAGE_ROOT, relative)) as f:
                 text = flatten_source(f.read(), relative)
@@ -87,8 +71,4 @@ def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
         with open(os.path.join(tmp_dir, "README.md"), "w") as f:
             f.write(render_card(family, model.config, metrics, recipe=recipe_from_model_dir(model_dir),
                                 num_parameters=model.num_parameters()))
-        replace_dir_atomically(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return out_dir

@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -65,6 +67,33 @@ def image_files(paths: list[str]) -> list[str]:
         else:
             raise FileNotFoundError(f"no such image or folder: {path!r}")
     return files
+
+
+def replace_dir_atomically(tmp_dir: str, out_dir: str) -> None:
+    """Moves the finished `tmp_dir` to `out_dir`; an existing `out_dir` is kept until the new one is in place."""
+    backup = None
+    if os.path.exists(out_dir):
+        backup = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(os.path.abspath(out_dir)))
+        os.rmdir(backup)
+        os.rename(out_dir, backup)
+    os.rename(tmp_dir, out_dir)
+    if backup:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextmanager
+def staged_folder(out_dir: str):
+    """Yields a new temporary folder beside `out_dir` to write into; when the block ends normally it replaces
+    `out_dir`, when it raises it is removed: `out_dir` is never half-written and a previous one survives a failure."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".staging-", dir=parent)
+    try:
+        yield tmp_dir
+        replace_dir_atomically(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
 
 
 def write_json_atomically(path: str, value) -> str:

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 logger = logging.getLogger("leanvision.lora")
@@ -183,8 +182,8 @@ def load_adapter_model(base, adapter_dir: str):
 def merge_adapter(adapter_dir: str, base: str, out_dir: str, overwrite: bool = False) -> str:
     """Folds the adapter into `base` (a leanvision model folder or Hub id) and saves a plain model folder with its
     processor to `out_dir`, ready for `leanvision export` (written to a temporary folder, renamed at the end)."""
-    from .export import replace_dir_atomically
     from .families import get_family
+    from .files import staged_folder
 
     if os.path.exists(out_dir) and not overwrite:
         raise ValueError(f"output folder {out_dir!r} exists; pass overwrite=True (--overwrite) to replace it")
@@ -196,19 +195,12 @@ def merge_adapter(adapter_dir: str, base: str, out_dir: str, overwrite: bool = F
             delattr(model.config, key)
     has_processor = any(os.path.isfile(os.path.join(adapter_dir, name)) for name in PROCESSOR_FILES)
     processor = family.load_processor(adapter_dir if has_processor else base)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".merge-", dir=parent)
-    try:
+    with staged_folder(out_dir) as tmp_dir:
         model.save_pretrained(tmp_dir)
         processor.save_pretrained(tmp_dir)
         metrics = os.path.join(adapter_dir, "eval_results.json")
         if os.path.isfile(metrics):
             shutil.copy(metrics, tmp_dir)
-        replace_dir_atomically(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -8,7 +8,6 @@ stays cheap to build.
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 
@@ -34,16 +33,13 @@ def write_bundle(model_dir: str, repo_id: str, out_dir: str, base_model=None, da
     from ..hub_cards.cards import recipe_from_model_dir, render_card
     from .export import export_model, read_eval_results
     from .families import family_of_model_dir
+    from .files import staged_folder
 
     family = family_of_model_dir(model_dir)
     if os.path.exists(out_dir):
         raise ValueError(f"output folder {out_dir!r} exists; choose a new --out-dir")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".publish-", dir=parent)
-    try:
-        staging = os.path.join(tmp, "bundle")
-        export_model(model_dir, staging)
+    with staged_folder(out_dir) as staging:
+        export_model(model_dir, staging, overwrite=True)  # replaces the empty staging folder
         config = family.config_class.from_pretrained(staging)
         weights = os.path.join(staging, "model.safetensors")
         card = render_card(
@@ -53,9 +49,6 @@ def write_bundle(model_dir: str, repo_id: str, out_dir: str, base_model=None, da
         )
         with open(os.path.join(staging, "README.md"), "w") as f:
             f.write(card)
-        os.rename(staging, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

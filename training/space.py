@@ -64,16 +64,13 @@ def write_space(repo_id: str, out_dir: str, models: dict, candidate_labels=None,
     """Writes the Space folder for `repo_id` to `out_dir` (which must not exist) via a temporary folder."""
     from huggingface_hub.utils import validate_repo_id
 
-    from .export import replace_dir_atomically
+    from .files import staged_folder
 
     validate_repo_id(repo_id)
     configured = check_models(models)
     if os.path.exists(out_dir):
         raise ValueError(f"--out-dir {out_dir!r} exists; give a new folder")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".space-", dir=parent)
-    try:
+    with staged_folder(out_dir) as tmp_dir:
         for name in SPACE_FILES:
             shutil.copyfile(os.path.join(SPACE_DIR, name), os.path.join(tmp_dir, name))
         config = {"models": configured}
@@ -84,10 +81,6 @@ def write_space(repo_id: str, out_dir: str, models: dict, candidate_labels=None,
             f.write("\n")
         with open(os.path.join(tmp_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(render_space_card(configured, license=license))
-        replace_dir_atomically(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return out_dir
 
 
