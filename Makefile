@@ -29,7 +29,7 @@ system-deps:
 		|| echo "system-deps: chromium / chromium-driver not installed: the Space browser test will be skipped"
 
 demo: install
-	$(PY) -m leanvision.training.demo
+	$(PY) -m leanvision.demo
 
 test: install system-deps
 	$(PY) -m pytest -q

@@ -3,8 +3,8 @@
 import argparse
 import sys
 
-from .training.publish import add_arguments as add_publish_arguments
-from .training.space import add_arguments as add_publish_space_arguments
+from .hub_cards.publish import add_arguments as add_publish_arguments
+from .hub_cards.publish_space import add_arguments as add_publish_space_arguments
 
 
 def _cmd_ablate(args) -> int:
@@ -69,7 +69,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_publish(args) -> int:
-    from .training.publish import run
+    from .hub_cards.publish import run
 
     return run(args)
 
@@ -83,7 +83,7 @@ def _cmd_merge_lora(args) -> int:
 
 
 def _cmd_publish_space(args) -> int:
-    from .training.space import run
+    from .hub_cards.publish_space import run
 
     return run(args)
 
@@ -117,7 +117,7 @@ def _add_decoding_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(args) -> int:
-    from .training.export import export_model
+    from .hub_cards.export import export_model
 
     out = export_model(args.model_dir, args.out_dir, overwrite=args.overwrite)
     print(f"exported {args.model_dir} -> {out}")

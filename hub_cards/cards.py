@@ -78,7 +78,7 @@ _ENV = jinja2.Environment(
 )
 
 
-def _hub_ids(names, what: str) -> list[str]:
+def hub_ids(names, what: str) -> list[str]:
     """`names` (one or a list) as Hub repo ids; a local path is refused, since a card must not name one."""
     names = [names] if isinstance(names, str) else list(names or [])
     for name in names:
@@ -199,8 +199,8 @@ def render_card(family, config, metrics: dict | None, repo_id: str | None = None
     """
     if repo_id is not None:
         validate_repo_id(repo_id)
-    base_models = _hub_ids(base_model, "base model")
-    datasets = _hub_ids(datasets, "dataset")
+    base_models = hub_ids(base_model, "base model")
+    datasets = hub_ids(datasets, "dataset")
     rows, skipped = evaluation_rows(metrics, evaluation, datasets)
     model_name = repo_id.split("/")[-1] if repo_id else f"leanvision-{family.name}"
     eval_results = [
@@ -253,6 +253,27 @@ def render_card(family, config, metrics: dict | None, repo_id: str | None = None
     )
     # Template blocks leave runs of blank lines; Markdown needs at most one.
     text = re.sub(r"\n{3,}", "\n\n", str(card)).rstrip("\n") + "\n"
+    check_public(text)
+    return text
+
+
+def render_adapter_card(family, adapter_config: dict, repo_id: str, base: str, metrics: dict | None = None,
+                        evaluation: dict | None = None, datasets=None, license: str = "apache-2.0") -> str:
+    """The README.md of a LoRA adapter repo (`adapter.jinja`): `adapter_config` is peft's adapter_config.json, `base`
+    the Hub id of the `family` model it adapts; `metrics`, `evaluation` and `datasets` as for `render_card`."""
+    datasets = hub_ids(datasets, "dataset")
+    rows, _ = evaluation_rows(metrics, evaluation, datasets)
+    data = ModelCardData(
+        library_name="peft", base_model=base, pipeline_tag=family.pipeline_tag, license=license,
+        datasets=datasets or None, tags=["lora", "peft", "leanvision", family.name],
+    )
+    card = ModelCard.from_template(
+        data, template_path=os.path.join(TEMPLATE_DIR, "adapter.jinja"), title=repo_id.split("/")[-1], base=base,
+        repo=repo_id, family=family.name, rank=adapter_config["r"], alpha=adapter_config["lora_alpha"],
+        targets=", ".join(f"`{name}`" for name in sorted(adapter_config["target_modules"])),
+        auto_class=_auto_class(family), rows=rows,
+    )
+    text = str(card)
     check_public(text)
     return text
 

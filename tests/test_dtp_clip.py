@@ -19,7 +19,7 @@ from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
 from leanvision.modeling.modeling_dtp_vit import DTPViTModel
 from leanvision.processing.processing_dtp_clip import DTPCLIPProcessor
 from leanvision.processing.processing_dtp_vit import build_image_processor
-from leanvision.training.export import export_model
+from leanvision.hub_cards.export import export_model
 from leanvision.training.families import FAMILIES
 
 IMAGE_SIZE, PATCH = 16, 4

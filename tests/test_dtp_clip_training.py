@@ -21,7 +21,7 @@ from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
 from leanvision.processing.processing_dtp_clip import DTPCLIPProcessor
 from leanvision.processing.processing_dtp_vit import build_image_processor
 from leanvision.training import shapes
-from leanvision.training.export import export_model
+from leanvision.hub_cards.export import export_model
 from leanvision.training.task_contrastive import char_tokenizer
 from leanvision.training.train import main as train_main
 from leanvision.training.zero_shot import prompts_for, zero_shot_accuracy

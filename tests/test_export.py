@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 from helpers import run_fresh
 from leanvision import DTPViTConfig, DTPViTForImageClassification
 from leanvision.processing.processing_dtp_vit import build_image_processor
-from leanvision.training import export as export_module
+from leanvision.hub_cards import export as export_module
 from leanvision.training.data import digits_dataset
-from leanvision.training.export import export_model, flatten_source
+from leanvision.hub_cards.export import export_model, flatten_source
 
 LABELS = [str(i) for i in range(10)]
 
@@ -40,6 +40,32 @@ def test_flatten_source_rewrites_sibling_imports_and_rejects_others():
         flatten_source("from ..training.data import x\n")
     with pytest.raises(ValueError, match="flat remote-code bundle"):
         flatten_source("from leanvision.modeling import y\n")
+
+
+def test_bundle_sources_follow_relative_imports_from_the_entry_modules(tmp_path, monkeypatch):
+    from leanvision.training.families import Family
+
+    files = {
+        "configuration/configuration_toy.py": "import torch\n",
+        "modeling/modeling_toy.py": "from ..configuration.configuration_toy import C\nfrom .shared_layers import L\n",
+        "modeling/shared_layers.py": "from . import shared_math\n",
+        "modeling/shared_math.py": "import math\n",
+        "modeling/unused.py": "import os\n",
+        "processing/pipeline_toy.py": "from transformers import Pipeline\n",
+    }
+    for relative, text in files.items():
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    monkeypatch.setattr(export_module, "PACKAGE_ROOT", str(tmp_path))
+    family = Family(
+        name="toy", config_class=object, model_class=object, pipeline_tag="image-to-text",
+        auto_map={"AutoConfig": "configuration_toy.C", "AutoModel": "modeling_toy.M"},
+        custom_pipelines={"image-to-text": {"impl": "pipeline_toy.P", "pt": ["AutoModel"], "type": "multimodal"}},
+    )
+    assert export_module.bundle_sources(family) == [
+        "configuration/configuration_toy.py", "modeling/modeling_toy.py", "modeling/shared_layers.py",
+        "modeling/shared_math.py", "processing/pipeline_toy.py",
+    ]
 
 
 def test_export_writes_expected_files_without_local_paths(model_dir, tmp_path):

@@ -13,7 +13,7 @@ from transformers import pipeline
 from captioning_helpers import save_tiny_captioner
 from helpers import run_fresh
 from leanvision.processing.pipeline_image_to_text import ImageToTextPipeline
-from leanvision.training.export import export_model
+from leanvision.hub_cards.export import export_model
 from leanvision.training.task_captioning import decode_captions
 
 

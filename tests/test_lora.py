@@ -24,7 +24,7 @@ from leanvision.modeling.modeling_dtp_vit import DTPViTForImageClassification
 from leanvision.modeling.modeling_gated_sparse_blip import GatedSparseBlipForConditionalGeneration
 from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
 from leanvision.processing.processing_dtp_vit import build_image_processor
-from leanvision.training.export import export_model
+from leanvision.hub_cards.export import export_model
 from leanvision.training.families import get_family
 from leanvision.training.lora import (
     DEFAULT_TARGET_MODULES,
@@ -34,7 +34,7 @@ from leanvision.training.lora import (
     merge_adapter,
     target_modules,
 )
-from leanvision.training.publish import publish
+from leanvision.hub_cards.publish import publish
 from leanvision.training.train import main as train_main
 from leanvision.training.train import parse_args
 

@@ -17,7 +17,7 @@ from helpers import BLOCK_LEANVISION
 from hub_server import FakeHub
 from leanvision import DTPViTConfig, DTPViTForImageClassification
 from leanvision.processing.processing_dtp_vit import build_image_processor
-from leanvision.training.publish import publish
+from leanvision.hub_cards.publish import publish
 
 TOKEN = "hf_" + "leanvisionTestToken" * 2
 REPO = "alice/dtp-vit-tiny"
@@ -151,7 +151,7 @@ def test_publish_cli_uploads_one_commit_that_downloads_and_loads_without_leanvis
     with FakeHub(token=TOKEN) as server:
         env = hub_env(server, tmp_path)
         dry = tmp_path / "dry"
-        command = [sys.executable, "-m", "leanvision.training.publish", str(model_dir), REPO,
+        command = [sys.executable, "-m", "leanvision.hub_cards.publish", str(model_dir), REPO,
                    "--dataset", "alice/digits"]
         result = subprocess.run(command + ["--dry-run", "--out-dir", str(dry)], env=env, capture_output=True,
                                 text=True, timeout=300)

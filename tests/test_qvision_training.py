@@ -16,7 +16,7 @@ from leanvision.cli import main as cli_main
 from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
 from leanvision.processing.processing_dtp_vit import build_image_processor
 from leanvision.processing.processing_qvision import QVisionProcessor
-from leanvision.training.export import export_model
+from leanvision.hub_cards.export import export_model
 from leanvision.training.shapes import shapes_splits
 from leanvision.training.task_captioning import caption_images, decoding_kwargs
 from leanvision.training.train import main as train_main

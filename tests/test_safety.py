@@ -59,7 +59,7 @@ def test_every_exported_bundle_imports_only_its_own_files_and_declared_dependenc
     import sys
     import tomllib
 
-    from leanvision.training.export import flatten_source
+    from leanvision.hub_cards.export import bundle_sources, flatten_source
     from leanvision.training.families import FAMILIES
 
     with open(os.path.join(repo_root, "pyproject.toml"), "rb") as f:
@@ -68,8 +68,9 @@ def test_every_exported_bundle_imports_only_its_own_files_and_declared_dependenc
     distribution = {"PIL": "pillow"}
     assert {distribution.get(name, name).lower() for name in BUNDLE_IMPORTS} <= declared
     for family in FAMILIES.values():
-        bundle = {os.path.basename(path)[:-3] for path in family.source_files}
-        for relative in family.source_files:
+        sources = bundle_sources(family)
+        bundle = {os.path.basename(path)[:-3] for path in sources}
+        for relative in sources:
             with open(os.path.join(repo_root, relative)) as f:
                 tree = ast.parse(flatten_source(f.read(), relative))
             for node in ast.walk(tree):

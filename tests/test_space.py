@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from helpers import BLOCK_LEANVISION
-from leanvision.training import space as space_module
-from leanvision.training.space import SPACE_FILES, publish_space, write_space
+from leanvision.hub_cards import publish_space as space_module
+from leanvision.hub_cards.publish_space import SPACE_FILES, publish_space, write_space
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CLASSES = ["cat", "dog", "astronaut", "rocket", "coffee", "flower", "car", "tree", "house", "bird"]
@@ -152,7 +152,7 @@ def save_tiny_exports(root) -> dict:
 
     from leanvision import DTPViTConfig, DTPViTForImageClassification
     from leanvision.processing.processing_dtp_vit import build_image_processor
-    from leanvision.training.export import export_model
+    from leanvision.hub_cards.export import export_model
     from leanvision.training.families import get_family
     from leanvision.training.shapes import make_shapes_dataset
 

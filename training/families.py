@@ -21,17 +21,15 @@ from ..processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
 from ..processing.processing_qvision import QVisionProcessor
 from .captioning_data import word_level_tokenizer
 
-IMAGE_TO_TEXT_PIPELINE = "processing/pipeline_image_to_text.py"
-
 
 @dataclass(frozen=True)
 class Family:
     """What train/export need to know about one model family.
 
-    `source_files` are package-relative modules copied flat into an export; `auto_map` maps each Auto class to
-    `module.Class` inside that flat bundle; `load_processor` loads the processor saved next to a model.
-    `processor_auto_map` goes into the exported processor_config.json (`{"AutoProcessor": "module.Class"}`) and
-    `custom_pipelines` into the exported config.json.
+    `auto_map` maps each Auto class to `module.Class` inside the flat export bundle; `load_processor` loads the
+    processor saved next to a model. `processor_auto_map` goes into the exported processor_config.json
+    (`{"AutoProcessor": "module.Class"}`) and `custom_pipelines` into the exported config.json. The modules these
+    name are the bundle's entry points: export ships them and every module they import relatively.
 
     Captioning families (`task="captioning"`) also give `build_captioner(model_args, config_overrides,
     train_captions) -> (model, processor)`, and `latent_inputs=True` when the model reads VAE latents (image data
@@ -42,11 +40,9 @@ class Family:
     config_class: type
     model_class: type
     auto_map: dict[str, str]
-    source_files: tuple[str, ...]
     pipeline_tag: str
     load_processor: Callable = AutoImageProcessor.from_pretrained
     task: str = ""
-    extra: dict = field(default_factory=dict)
     processor_auto_map: dict[str, str] = field(default_factory=dict)
     custom_pipelines: dict[str, dict] = field(default_factory=dict)
     build_captioner: Callable | None = None
@@ -77,7 +73,7 @@ def load_captioner_with_overrides(model_class, processor_class, path: str, overr
         setattr(config.text_config, key, value)
     for key, value in overrides.items():
         setattr(config, key, value)
-    config._check_fields()
+    config.validate()
     return model_class.from_pretrained(path, config=config), processor_class.from_pretrained(path)
 
 
@@ -179,7 +175,6 @@ FAMILIES: dict[str, Family] = {
             "AutoModel": "modeling_dtp_vit.DTPViTModel",
             "AutoModelForImageClassification": "modeling_dtp_vit.DTPViTForImageClassification",
         },
-        source_files=("configuration/configuration_dtp_vit.py", "modeling/modeling_dtp_vit.py"),
         pipeline_tag="image-classification",
         task="image_classification",
     ),
@@ -192,13 +187,6 @@ FAMILIES: dict[str, Family] = {
             "AutoModel": "modeling_dtp_clip.DTPCLIPModel",
             "AutoModelForZeroShotImageClassification": "modeling_dtp_clip.DTPCLIPModel",
         },
-        source_files=(
-            "configuration/configuration_dtp_vit.py",
-            "modeling/modeling_dtp_vit.py",
-            "configuration/configuration_dtp_clip.py",
-            "modeling/modeling_dtp_clip.py",
-            "processing/processing_dtp_clip.py",
-        ),
         pipeline_tag="zero-shot-image-classification",
         load_processor=DTPCLIPProcessor.from_pretrained,
         task="contrastive",
@@ -213,12 +201,6 @@ FAMILIES: dict[str, Family] = {
             "AutoModel": "modeling_gated_sparse_blip.GatedSparseBlipModel",
             "AutoModelForImageTextToText": "modeling_gated_sparse_blip.GatedSparseBlipForConditionalGeneration",
         },
-        source_files=(
-            "configuration/configuration_gated_sparse_blip.py",
-            "modeling/modeling_gated_sparse_blip.py",
-            "processing/processing_gated_sparse_blip.py",
-            IMAGE_TO_TEXT_PIPELINE,
-        ),
         pipeline_tag="image-to-text",
         load_processor=GatedSparseBlipProcessor.from_pretrained,
         task="captioning",
@@ -236,12 +218,6 @@ FAMILIES: dict[str, Family] = {
             "AutoModel": "modeling_qvision.QVisionModel",
             "AutoModelForImageTextToText": "modeling_qvision.QVisionForConditionalGeneration",
         },
-        source_files=(
-            "configuration/configuration_qvision.py",
-            "modeling/modeling_qvision.py",
-            "processing/processing_qvision.py",
-            IMAGE_TO_TEXT_PIPELINE,
-        ),
         pipeline_tag="image-to-text",
         load_processor=QVisionProcessor.from_pretrained,
         task="captioning",

@@ -1,5 +1,5 @@
-"""LoRA adapters (peft) for every leanvision family: training arguments, adapter set-up, loading, merging and
-adapter repos for the Hub.
+"""LoRA adapters (peft) for every leanvision family: adapter set-up, loading and merging (the adapter's Hub repo is
+written by `hub_cards/publish.py`).
 
     leanvision train RECIPE.yaml --model_name_or_path BASE --lora [--lora_r 8 --lora_alpha 16 ...]
     leanvision merge-lora ADAPTER_DIR --base BASE OUT_DIR
@@ -15,6 +15,8 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
+
+from .files import staged_folder, write_json_atomically
 
 logger = logging.getLogger("leanvision.lora")
 
@@ -123,15 +125,9 @@ def apply_lora(model, family, args):
     return peft_model
 
 
-def _write_json(path: str, value: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-
-
 def write_adapter_record(adapter_dir: str, family_name: str, base_name_or_path: str) -> None:
     """`leanvision_adapter.json`: the family and whether the base came from the Hub or a local folder."""
-    _write_json(os.path.join(adapter_dir, ADAPTER_RECORD), {
+    write_json_atomically(os.path.join(adapter_dir, ADAPTER_RECORD), {
         "family": family_name,
         "base_model": public_base_name(base_name_or_path),
         "base_model_source": "local folder" if os.path.isdir(base_name_or_path) else "hub",
@@ -183,7 +179,6 @@ def merge_adapter(adapter_dir: str, base: str, out_dir: str, overwrite: bool = F
     """Folds the adapter into `base` (a leanvision model folder or Hub id) and saves a plain model folder with its
     processor to `out_dir`, ready for `leanvision export` (written to a temporary folder, renamed at the end)."""
     from .families import get_family
-    from .files import staged_folder
 
     if os.path.exists(out_dir) and not overwrite:
         raise ValueError(f"output folder {out_dir!r} exists; pass overwrite=True (--overwrite) to replace it")
@@ -201,96 +196,4 @@ def merge_adapter(adapter_dir: str, base: str, out_dir: str, overwrite: bool = F
         metrics = os.path.join(adapter_dir, "eval_results.json")
         if os.path.isfile(metrics):
             shutil.copy(metrics, tmp_dir)
-    return out_dir
-
-
-ADAPTER_CARD = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-A LoRA adapter (rank {{ rank }}, alpha {{ alpha }}) for [{{ base }}](https://huggingface.co/{{ base }}), a
-leanvision {{ family }} model, trained with [peft](https://github.com/huggingface/peft). It adapts the modules
-named {{ targets }}; the base model's weights are unchanged.
-
-## How to use
-
-```python
-from peft import PeftModel
-from transformers import {{ auto_class }}
-
-base = {{ auto_class }}.from_pretrained("{{ base }}", trust_remote_code=True)
-model = PeftModel.from_pretrained(base, "{{ repo }}")
-model = model.merge_and_unload()  # optional: a plain model with the adapter folded in
-```
-{% if rows %}
-
-## Evaluation
-
-| metric | value | data |
-|---|---|---|
-{% for row in rows %}
-| {{ row.label }} | {{ row.value }} | {{ row.data }} |
-{% endfor %}
-{% endif %}
-"""
-
-
-def write_adapter_bundle(adapter_dir: str, repo_id: str, out_dir: str, base_model=None, datasets=None,
-                         evaluation: dict | None = None, license: str = "apache-2.0") -> str:
-    """The Hub folder of a LoRA adapter: its weights, its adapter_config.json and leanvision_adapter.json pointing at
-    the base's Hub id, eval_results.json if any, and a README.md whose metadata names the base model
-    (`library_name: peft`).
-
-    `base_model`: the base's Hub id (one, or a list of one); default: the recorded base if it came from the Hub.
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-    from huggingface_hub.utils import validate_repo_id
-
-    from ..hub_cards.cards import _auto_class, _hub_ids, check_public, evaluation_rows
-    from .export import read_eval_results
-    from .families import get_family
-
-    validate_repo_id(repo_id)
-    record = read_adapter_record(adapter_dir)
-    family = get_family(record["family"])
-    bases = _hub_ids(base_model, "base model")
-    if len(bases) > 1:
-        raise ValueError(f"an adapter has one base model, got {bases}")
-    if not bases:
-        if record["base_model_source"] != "hub":
-            raise ValueError(
-                f"the adapter's base is the local folder {record['base_model']!r}: publish the base model and name "
-                "its repo with --base-model"
-            )
-        bases = _hub_ids(record["base_model"], "base model")
-    base = bases[0]
-    datasets = _hub_ids(datasets, "dataset")
-    with open(os.path.join(adapter_dir, ADAPTER_CONFIG)) as f:
-        adapter_config = json.load(f)
-    adapter_config["base_model_name_or_path"] = base
-    metrics = read_eval_results(adapter_dir)
-    rows, _ = evaluation_rows(metrics, evaluation, datasets)
-    data = ModelCardData(
-        library_name="peft", base_model=base, pipeline_tag=family.pipeline_tag, license=license,
-        datasets=datasets or None, tags=["lora", "peft", "leanvision", family.name],
-    )
-    card = ModelCard.from_template(
-        data, template_str=ADAPTER_CARD, title=repo_id.split("/")[-1], base=base, repo=repo_id, family=family.name,
-        rank=adapter_config["r"], alpha=adapter_config["lora_alpha"],
-        targets=", ".join(f"`{name}`" for name in sorted(adapter_config["target_modules"])),
-        auto_class=_auto_class(family), rows=rows,
-    )
-    text = str(card)
-    check_public(text)
-
-    os.makedirs(out_dir)
-    shutil.copy(os.path.join(adapter_dir, ADAPTER_WEIGHTS), out_dir)
-    _write_json(os.path.join(out_dir, ADAPTER_CONFIG), adapter_config)
-    _write_json(os.path.join(out_dir, ADAPTER_RECORD), dict(record, base_model=base, base_model_source="hub"))
-    if metrics:
-        _write_json(os.path.join(out_dir, "eval_results.json"), metrics)
-    with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(text)
     return out_dir

@@ -30,10 +30,10 @@ def write_bundle(model_dir: str, repo_id: str, out_dir: str, base_model=None, da
                  evaluation: dict | None = None, license: str = "apache-2.0") -> str:
     """The flat export of `model_dir` in `out_dir`, its README.md rendered for `repo_id`. Built in a temporary folder
     beside `out_dir` and renamed at the end, so a failure leaves no partial folder."""
-    from ..hub_cards.cards import recipe_from_model_dir, render_card
+    from ..training.families import family_of_model_dir
+    from ..training.files import staged_folder
+    from .cards import recipe_from_model_dir, render_card
     from .export import export_model, read_eval_results
-    from .families import family_of_model_dir
-    from .files import staged_folder
 
     family = family_of_model_dir(model_dir)
     if os.path.exists(out_dir):
@@ -52,12 +52,63 @@ def write_bundle(model_dir: str, repo_id: str, out_dir: str, base_model=None, da
     return out_dir
 
 
+def write_adapter_bundle(adapter_dir: str, repo_id: str, out_dir: str, base_model=None, datasets=None,
+                         evaluation: dict | None = None, license: str = "apache-2.0") -> str:
+    """The Hub folder of a LoRA adapter in `out_dir`: its weights, its adapter_config.json and leanvision_adapter.json
+    pointing at the base's Hub id, eval_results.json if any, and a README.md whose metadata names the base model
+    (`library_name: peft`). Built in a temporary folder beside `out_dir` and renamed at the end.
+
+    `base_model`: the base's Hub id (one, or a list of one); default: the recorded base if it came from the Hub.
+    """
+    import shutil
+
+    from huggingface_hub.utils import validate_repo_id
+
+    from ..training.families import get_family
+    from ..training.files import staged_folder, write_json_atomically
+    from ..training.lora import ADAPTER_CONFIG, ADAPTER_RECORD, ADAPTER_WEIGHTS, read_adapter_record
+    from .cards import hub_ids, render_adapter_card
+    from .export import read_eval_results
+
+    validate_repo_id(repo_id)
+    if os.path.exists(out_dir):
+        raise ValueError(f"output folder {out_dir!r} exists; choose a new --out-dir")
+    record = read_adapter_record(adapter_dir)
+    bases = hub_ids(base_model, "base model")
+    if len(bases) > 1:
+        raise ValueError(f"an adapter has one base model, got {bases}")
+    if not bases:
+        if record["base_model_source"] != "hub":
+            raise ValueError(
+                f"the adapter's base is the local folder {record['base_model']!r}: publish the base model and name "
+                "its repo with --base-model"
+            )
+        bases = hub_ids(record["base_model"], "base model")
+    base = bases[0]
+    with open(os.path.join(adapter_dir, ADAPTER_CONFIG)) as f:
+        adapter_config = json.load(f)
+    adapter_config["base_model_name_or_path"] = base
+    metrics = read_eval_results(adapter_dir)
+    card = render_adapter_card(get_family(record["family"]), adapter_config, repo_id, base, metrics, evaluation,
+                               datasets, license)
+    with staged_folder(out_dir) as tmp_dir:
+        shutil.copy(os.path.join(adapter_dir, ADAPTER_WEIGHTS), tmp_dir)
+        write_json_atomically(os.path.join(tmp_dir, ADAPTER_CONFIG), adapter_config)
+        hub_record = dict(record, base_model=base, base_model_source="hub")
+        write_json_atomically(os.path.join(tmp_dir, ADAPTER_RECORD), hub_record)
+        if metrics:
+            write_json_atomically(os.path.join(tmp_dir, "eval_results.json"), metrics)
+        with open(os.path.join(tmp_dir, "README.md"), "w") as f:
+            f.write(card)
+    return out_dir
+
+
 def publish(model_dir: str, repo_id: str, private: bool = False, revision: str | None = None,
             create_pr: bool = False, dry_run: bool = False, out_dir: str | None = None, base_model=None,
             datasets=None, evaluation: dict | None = None, license: str = "apache-2.0") -> str:
     """Exports `model_dir`, renders its card for `repo_id`, creates the repo if needed and uploads the folder in one
     commit (to `revision`, a branch created if missing, or as a pull request with `create_pr`). A LoRA adapter folder
-    (adapter_config.json) goes up as an adapter repo instead (`lora.write_adapter_bundle`).
+    (adapter_config.json) goes up as an adapter repo instead (`write_adapter_bundle`).
 
     Returns the commit URL (the pull request URL with `create_pr`); with `dry_run`, the folder that would be uploaded
     (`out_dir`, or a new temporary folder), and nothing is sent to the Hub.
@@ -72,7 +123,7 @@ def publish(model_dir: str, repo_id: str, private: bool = False, revision: str |
         raise ValueError(f"--out-dir {out_dir!r} exists; give a new folder")
     if not dry_run and get_token() is None:
         raise ValueError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN")
-    from .lora import is_adapter_dir, write_adapter_bundle
+    from ..training.lora import is_adapter_dir
 
     write = write_adapter_bundle if is_adapter_dir(model_dir) else write_bundle
     options = dict(base_model=base_model, datasets=datasets, evaluation=evaluation, license=license)

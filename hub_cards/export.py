@@ -1,14 +1,17 @@
 """`leanvision export`: a flat, Hub-ready folder with safetensors weights, processor files and remote code."""
 
+import ast
 import json
 import os
 import re
 
-from ..hub_cards.cards import recipe_from_model_dir, render_card
-from .families import family_of_model_dir, load_saved
-from .files import staged_folder
+from ..training.families import family_of_model_dir, load_saved
+from ..training.files import staged_folder
+from .cards import recipe_from_model_dir, render_card
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The package folders whose modules a bundle may ship (flat, so their module names never repeat).
+SOURCE_DIRS = ("configuration", "modeling", "processing")
 _SIBLING_IMPORT = re.compile(r"^from \.\.(?:configuration|modeling|processing)\.(\w+) import ", re.MULTILINE)
 _FORBIDDEN_IMPORT = re.compile(r"^\s*(?:from\s+\.\.|from\s+leanvision\b|import\s+leanvision\b)", re.MULTILINE)
 
@@ -20,6 +23,52 @@ def flatten_source(text: str, name: str = "<source>") -> str:
     if leftover:
         raise ValueError(f"{name} imports {leftover.group(0).strip()!r}, which a flat remote-code bundle cannot follow")
     return flat
+
+
+def module_path(name: str) -> str:
+    """The package-relative file of the module `name` (e.g. "modeling_dtp_vit" -> "modeling/modeling_dtp_vit.py")."""
+    paths = [f"{d}/{name}.py" for d in SOURCE_DIRS if os.path.isfile(os.path.join(PACKAGE_ROOT, d, f"{name}.py"))]
+    if len(paths) != 1:
+        raise ValueError(f"module {name!r} must be one file of {list(SOURCE_DIRS)}, found {paths}")
+    return paths[0]
+
+
+def relative_imports(relative: str) -> set[str]:
+    """The package-relative files of the modules that the file `relative` imports relatively: `from .x import`,
+    `from . import x` (its own folder) and `from ..pkg.x import` (a sibling folder)."""
+    folder = os.path.dirname(relative)
+    with open(os.path.join(PACKAGE_ROOT, relative)) as f:
+        tree = ast.parse(f.read(), filename=relative)
+    found = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or not node.level:
+            continue
+        if node.level == 1:
+            names = [node.module] if node.module else [alias.name for alias in node.names]
+            candidates = [f"{folder}/{name.replace('.', '/')}.py" for name in names]
+        else:  # `from ..pkg.x import`; other forms are refused by `flatten_source`
+            candidates = [f"{node.module.replace('.', '/')}.py"] if node.level == 2 and node.module else []
+        found |= {path for path in candidates if os.path.isfile(os.path.join(PACKAGE_ROOT, path))}
+    return found
+
+
+def bundle_sources(family) -> list[str]:
+    """The package-relative files an export of `family` ships: the entry modules its `auto_map`,
+    `processor_auto_map` and `custom_pipelines` name, and every module they import relatively, transitively."""
+    entries = [*family.auto_map.values(), *family.processor_auto_map.values()]
+    entries += [pipeline["impl"] for pipeline in family.custom_pipelines.values()]
+    pending = [module_path(entry.split(".")[0]) for entry in entries]
+    found = set()
+    while pending:
+        path = pending.pop()
+        if path not in found:
+            found.add(path)
+            pending += relative_imports(path) - found
+    names = [os.path.basename(path) for path in found]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise ValueError(f"a flat bundle of {family.name} would hold two files named {clashes}")
+    return sorted(found)
 
 
 def add_processor_auto_map(bundle_dir: str, auto_map: dict[str, str]) -> None:
@@ -52,7 +101,7 @@ def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
         raise ValueError(f"output folder {out_dir!r} exists; pass overwrite=True (--overwrite) to replace it")
     family, model, processor = load_saved(model_dir)
     with staged_folder(out_dir) as tmp_dir:
-        for relative in family.source_files:
+        for relative in bundle_sources(family):
             with open(os.path.join(PACKAGE_ROOT, relative)) as f:
                 text = flatten_source(f.read(), relative)
             with open(os.path.join(tmp_dir, os.path.basename(relative)), "w") as f:

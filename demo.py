@@ -9,14 +9,14 @@ import time
 
 from PIL import Image
 
-from .data import digits_dataset
-from .export import export_model
-from .families import get_family
-from .shapes import class_names, shapes_splits
-from .train import main as train_main
-from .visualize import visualize_boundaries
+from .hub_cards.export import export_model
+from .training.data import digits_dataset
+from .training.families import get_family
+from .training.shapes import class_names, shapes_splits
+from .training.train import main as train_main
+from .training.visualize import visualize_boundaries
 
-RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "training", "recipes")
 
 # Runs in a fresh interpreter in which leanvision cannot be imported: only the exported remote code is used.
 _FRESH_CLASSIFY = """

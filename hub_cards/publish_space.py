@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 
-SPACE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hub_cards", "space")
+SPACE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "space")
 SPACE_FILES = ("app.py", "requirements.txt")
 # The gradio version app.py is tested with; requirements.txt pins the same one.
 GRADIO_SDK_VERSION = "6.31.0"
@@ -64,7 +64,7 @@ def write_space(repo_id: str, out_dir: str, models: dict, candidate_labels=None,
     """Writes the Space folder for `repo_id` to `out_dir` (which must not exist) via a temporary folder."""
     from huggingface_hub.utils import validate_repo_id
 
-    from .files import staged_folder
+    from ..training.files import staged_folder
 
     validate_repo_id(repo_id)
     configured = check_models(models)
