@@ -2,11 +2,13 @@
 
 import math
 
+from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
 from ..configuration.configuration_dtp_vit import DTPViTConfig
 
 
+@strict
 class DTPCLIPConfig(PreTrainedConfig):
     r"""
     Configuration of a [`DTPCLIPModel`]: a DTP-ViT image tower and a CLIP text tower, each projected (without bias)
@@ -31,27 +33,23 @@ class DTPCLIPConfig(PreTrainedConfig):
     text_config: dict | CLIPTextConfig | None = None
     vision_config: dict | DTPViTConfig | None = None
     projection_dim: int = 512
-    logit_scale_init_value: float = 2.6592
-    initializer_factor: float = 1.0
+    logit_scale_init_value: int | float = 2.6592
+    initializer_factor: int | float = 1.0
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        self._validate_fields()
-
-    def _validate_fields(self):
-        # Sub-configs are checked by model_type: a remotely loaded DTPViTConfig is another class object.
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation. Sub-configs are checked by model_type: a remotely loaded
+        DTPViTConfig is another class object."""
         if getattr(self.vision_config, "model_type", None) != DTPViTConfig.model_type:
             raise ValueError(f"DTPCLIPConfig.vision_config must be a DTPViTConfig, got {type(self.vision_config)}")
         if getattr(self.text_config, "model_type", None) != CLIPTextConfig.model_type:
             raise ValueError(f"DTPCLIPConfig.text_config must be a CLIPTextConfig, got {type(self.text_config)}")
-        value = self.projection_dim
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"DTPCLIPConfig.projection_dim must be a positive integer, got {value!r}")
-        if not isinstance(self.logit_scale_init_value, (int, float)) or not math.isfinite(self.logit_scale_init_value):
+        if self.projection_dim <= 0:
+            raise ValueError(f"DTPCLIPConfig.projection_dim must be a positive integer, got {self.projection_dim!r}")
+        if not math.isfinite(self.logit_scale_init_value):
             raise ValueError(
                 f"DTPCLIPConfig.logit_scale_init_value must be a finite number, got {self.logit_scale_init_value!r}"
             )
-        if not float(self.initializer_factor) > 0.0:
+        if not self.initializer_factor > 0.0:
             raise ValueError(f"DTPCLIPConfig.initializer_factor must be > 0, got {self.initializer_factor!r}")
 
     def to_diff_dict(self) -> dict:

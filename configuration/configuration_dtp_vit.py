@@ -1,8 +1,10 @@
 """Configuration of DTP-ViT: a Vision Transformer with Dynamic Token Pooling (Nawrot et al., 2023)."""
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 
+@strict
 class DTPViTConfig(PreTrainedConfig):
     r"""
     Configuration of a [`DTPViTModel`]. The defaults give ViT-B/32 widths: 224x224 images, 32x32 patches,
@@ -22,13 +24,15 @@ class DTPViTConfig(PreTrainedConfig):
         num_shortened_layers (`int`): layers on the pooled (shortened) sequence.
         compression_rate (`float`): prior probability of a boundary, 0 < r <= 1. A sequence of T patches keeps
             about r*T segments; r = 1 keeps every patch (no pooling, a dense ViT).
-        boundary_temperature (`float`): temperature of the Gumbel-sigmoid in training.
-        boundary_predictor_hidden_size (`int`, *optional*): hidden width of the boundary MLP (default hidden_size).
+        boundary_temperature (`float`): temperature of the Gumbel-sigmoid in training (0.5 in the official code).
+        boundary_predictor_hidden_size (`int`, *optional*): hidden width of the boundary MLP; default 4 x
+            hidden_size, the official dynamic-pooling code's `d_inner`.
         boundary_loss_weight (`float`): weight of the binomial boundary loss in the total loss.
-        boundary_inference (`str`): how eval mode picks boundaries, deterministically. `"rate"`: the
-            round(compression_rate * T) most probable patches (the compression the model was trained for, whatever
-            the spread of the probabilities). `"threshold"`: every patch with p > 0.5 (the paper's rule; it keeps
-            the trained rate only once the predictor is confident, p near 0 or 1).
+        boundary_inference (`str`): how eval mode picks boundaries, deterministically (the official code keeps
+            sampling Gumbel noise at evaluation for this predictor). `"rate"`: the round(compression_rate * T) most
+            probable patches (the compression the model was trained for, whatever the spread of the
+            probabilities). `"threshold"`: every patch with p > 0.5 (the rule the official code uses for its
+            entropy / unigram predictors; it keeps the trained rate only once p is near 0 or 1).
         pre_layernorm (`bool`): LayerNorm after the embeddings (CLIP's `pre_layrnorm`).
         pooler_type (`str`): `"mean"` (masked mean of the final segment tokens) or `"cls"` (the CLS token).
         initializer_range (`float`): std of the truncated-normal weight init.
@@ -45,37 +49,35 @@ class DTPViTConfig(PreTrainedConfig):
     num_attention_heads: int = 12
     intermediate_size: int = 3072
     hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
+    layer_norm_eps: int | float = 1e-6
+    hidden_dropout_prob: int | float = 0.0
+    attention_probs_dropout_prob: int | float = 0.0
     num_pre_layers: int = 2
     num_shortened_layers: int = 10
-    compression_rate: float = 0.5
-    boundary_temperature: float = 0.5
+    compression_rate: int | float = 0.5
+    boundary_temperature: int | float = 0.5
     boundary_predictor_hidden_size: int | None = None
-    boundary_loss_weight: float = 1.0
+    boundary_loss_weight: int | float = 1.0
     boundary_inference: str = "rate"
     pre_layernorm: bool = False
     pooler_type: str = "mean"
-    initializer_range: float = 0.02
+    initializer_range: int | float = 0.02
 
     def __post_init__(self, **kwargs):
         if self.boundary_predictor_hidden_size is None:
-            self.boundary_predictor_hidden_size = self.hidden_size
-        self._validate_fields()
+            self.boundary_predictor_hidden_size = 4 * self.hidden_size
         super().__post_init__(**kwargs)
 
-    def _validate_fields(self):
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation: sizes, rates and choices."""
         positive = ("image_size", "patch_size", "num_channels", "hidden_size", "num_attention_heads",
                     "intermediate_size", "boundary_predictor_hidden_size")
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"DTPViTConfig.{name} must be a positive integer, got {value!r}")
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DTPViTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("num_pre_layers", "num_shortened_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"DTPViTConfig.{name} must be a non-negative integer, got {value!r}")
+            if getattr(self, name) < 0:
+                raise ValueError(f"DTPViTConfig.{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"DTPViTConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
@@ -85,14 +87,14 @@ class DTPViTConfig(PreTrainedConfig):
                 f"DTPViTConfig.hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
-        if not 0.0 < float(self.compression_rate) <= 1.0:
+        if not 0.0 < self.compression_rate <= 1.0:
             raise ValueError(f"DTPViTConfig.compression_rate must be in (0, 1], got {self.compression_rate!r}")
-        if not float(self.boundary_temperature) > 0.0:
+        if not self.boundary_temperature > 0.0:
             raise ValueError(f"DTPViTConfig.boundary_temperature must be > 0, got {self.boundary_temperature!r}")
-        if float(self.boundary_loss_weight) < 0.0:
+        if self.boundary_loss_weight < 0.0:
             raise ValueError(f"DTPViTConfig.boundary_loss_weight must be >= 0, got {self.boundary_loss_weight!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= float(getattr(self, name)) < 1.0:
+            if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"DTPViTConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.boundary_inference not in ("rate", "threshold"):
             raise ValueError(

@@ -1,8 +1,10 @@
 """GatedSparseBlip configuration: a BLIP captioner over VAE latents with soft token gating and top-k attention."""
 
+from huggingface_hub.dataclasses import strict
 from transformers import BlipTextConfig, PreTrainedConfig
 
 
+@strict
 class GatedSparseBlipConfig(PreTrainedConfig):
     r"""
     Configuration of a [`GatedSparseBlipForConditionalGeneration`] model.
@@ -17,7 +19,8 @@ class GatedSparseBlipConfig(PreTrainedConfig):
 
     Args:
         text_config (`dict` or `BlipTextConfig`, *optional*):
-            The BLIP text decoder configuration, stored in full inside this config.
+            The BLIP text decoder configuration, stored in full inside this config. Its `label_smoothing` must be 0:
+            the loss is transformers' causal-LM loss.
         latent_channels (`int`, *optional*, defaults to 4):
             Channels of the VAE latents.
         vae_scaling_factor (`float`, *optional*, defaults to 0.13025):
@@ -62,67 +65,44 @@ class GatedSparseBlipConfig(PreTrainedConfig):
     model_type = "gated_sparse_blip"
     sub_configs_defaults = {"text_config": BlipTextConfig}
 
-    def __init__(
-        self,
-        text_config=None,
-        latent_channels=4,
-        vae_scaling_factor=0.13025,
-        latent_patch_size=2,
-        max_latent_size=(64, 64),
-        vision_hidden_size=768,
-        vision_num_hidden_layers=6,
-        vision_num_attention_heads=12,
-        vision_intermediate_size=3072,
-        vision_hidden_act="gelu",
-        layer_norm_eps=1e-5,
-        dropout=0.0,
-        initializer_range=0.02,
-        vae_config=None,
-        use_token_gating=True,
-        token_gate_dropout=0.1,
-        attention_sparsity=0.7,
-        sparse_self_attention=True,
-        sparse_cross_attention=True,
-        sparse_at_inference=True,
-        **kwargs,
-    ):
-        self.text_config = text_config
-        self.latent_channels = latent_channels
-        self.vae_scaling_factor = vae_scaling_factor
-        self.latent_patch_size = latent_patch_size
-        self.max_latent_size = list(max_latent_size)
-        self.vision_hidden_size = vision_hidden_size
-        self.vision_num_hidden_layers = vision_num_hidden_layers
-        self.vision_num_attention_heads = vision_num_attention_heads
-        self.vision_intermediate_size = vision_intermediate_size
-        self.vision_hidden_act = vision_hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.dropout = dropout
-        self.initializer_range = initializer_range
-        self.vae_config = dict(vae_config) if vae_config is not None else None
-        self.use_token_gating = use_token_gating
-        self.token_gate_dropout = token_gate_dropout
-        self.attention_sparsity = attention_sparsity
-        self.sparse_self_attention = sparse_self_attention
-        self.sparse_cross_attention = sparse_cross_attention
-        self.sparse_at_inference = sparse_at_inference
-        # The parent turns `text_config` (dict or None) into a `BlipTextConfig`.
-        super().__init__(**kwargs)
-        self.text_config.encoder_hidden_size = self.vision_hidden_size
-        self._check_fields()
+    text_config: dict | BlipTextConfig | None = None
+    latent_channels: int = 4
+    vae_scaling_factor: int | float = 0.13025
+    latent_patch_size: int = 2
+    max_latent_size: list[int] | tuple[int, int] = (64, 64)
+    vision_hidden_size: int = 768
+    vision_num_hidden_layers: int = 6
+    vision_num_attention_heads: int = 12
+    vision_intermediate_size: int = 3072
+    vision_hidden_act: str = "gelu"
+    layer_norm_eps: int | float = 1e-5
+    dropout: int | float = 0.0
+    initializer_range: int | float = 0.02
+    vae_config: dict | None = None
+    use_token_gating: bool = True
+    token_gate_dropout: int | float = 0.1
+    attention_sparsity: int | float = 0.7
+    sparse_self_attention: bool = True
+    sparse_cross_attention: bool = True
+    sparse_at_inference: bool = True
 
-    def _check_fields(self):
-        sparsity = self.attention_sparsity
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"`attention_sparsity` must be a number in [0, 1), got {sparsity!r}.")
+    def __post_init__(self, **kwargs):
+        self.max_latent_size = list(self.max_latent_size)
+        # The parent turns `text_config` (dict or None) into a `BlipTextConfig`.
+        super().__post_init__(**kwargs)
+        self.text_config.encoder_hidden_size = self.vision_hidden_size
+
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation: rates, sizes, and the fit of the text and VAE configs."""
+        if not 0.0 <= self.attention_sparsity < 1.0:
+            raise ValueError(f"`attention_sparsity` must be a number in [0, 1), got {self.attention_sparsity!r}.")
         if not 0.0 <= self.token_gate_dropout < 1.0:
             raise ValueError(f"`token_gate_dropout` must be in [0, 1), got {self.token_gate_dropout!r}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")
         for name in ("latent_channels", "latent_patch_size", "vision_hidden_size", "vision_num_hidden_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
         if self.vae_scaling_factor <= 0:
             raise ValueError(f"`vae_scaling_factor` must be positive, got {self.vae_scaling_factor!r}.")
         if (
@@ -144,8 +124,19 @@ class GatedSparseBlipConfig(PreTrainedConfig):
                 "`vision_hidden_size` must be a multiple of 4 for 2-D sin-cos positions, "
                 f"got {self.vision_hidden_size}."
             )
-        if self.text_config.hidden_size < 2:
-            raise ValueError(f"`text_config.hidden_size` must be at least 2, got {self.text_config.hidden_size}.")
+        text_config = self.text_config
+        if text_config.hidden_size < 2:
+            raise ValueError(f"`text_config.hidden_size` must be at least 2, got {text_config.hidden_size}.")
+        if text_config.hidden_size % text_config.num_attention_heads:
+            raise ValueError(
+                f"`text_config.hidden_size` ({text_config.hidden_size}) must be a multiple of "
+                f"`text_config.num_attention_heads` ({text_config.num_attention_heads})."
+            )
+        if text_config.label_smoothing:
+            raise ValueError(
+                f"`text_config.label_smoothing` must be 0 (the loss is transformers' causal-LM loss, which has no "
+                f"smoothing), got {text_config.label_smoothing!r}."
+            )
         if self.vae_config is not None and self.vae_config.get("latent_channels", 4) != self.latent_channels:
             raise ValueError(
                 f"`vae_config['latent_channels']` ({self.vae_config.get('latent_channels', 4)}) must equal "

@@ -1,5 +1,6 @@
 """QVisionMultiModel configuration: frozen CLIP vision tower -> Q-Former -> GPT-Neo with gated cross-attention."""
 
+from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig, GPTNeoConfig, PreTrainedConfig
 
 
@@ -22,6 +23,7 @@ GPT_NEO_125M = {
 }
 
 
+@strict
 class QVisionConfig(PreTrainedConfig):
     r"""
     Configuration of [`QVisionForConditionalGeneration`] and [`QVisionModel`].
@@ -83,12 +85,12 @@ class QVisionConfig(PreTrainedConfig):
     qformer_hidden_size: int = 768
     qformer_num_layers: int = 6
     qformer_num_heads: int = 8
-    qformer_dropout: float = 0.1
+    qformer_dropout: int | float = 0.1
     qformer_intermediate_size: int | None = None
     vision_feature_layer: int = -1
     patch_position_encoding: bool = False
     cross_attention_every_n: int = 4
-    initializer_range: float = 0.02
+    initializer_range: int | float = 0.02
 
     def __post_init__(self, **kwargs):
         if self.text_config is None:
@@ -96,9 +98,9 @@ class QVisionConfig(PreTrainedConfig):
         if self.qformer_intermediate_size is None:
             self.qformer_intermediate_size = 4 * self.qformer_hidden_size
         super().__post_init__(**kwargs)
-        self._check_fields()
 
-    def _check_fields(self):
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation: sizes, and the fit of the Q-Former to the two towers."""
         for name in (
             "num_query_tokens",
             "qformer_hidden_size",
@@ -106,12 +108,8 @@ class QVisionConfig(PreTrainedConfig):
             "qformer_num_heads",
             "qformer_intermediate_size",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        for name in ("use_global_token", "patch_position_encoding"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
         if self.patch_position_encoding and self.qformer_hidden_size % 4 != 0:
             raise ValueError(
                 f"`patch_position_encoding` needs `qformer_hidden_size` divisible by 4, got {self.qformer_hidden_size}."

@@ -7,6 +7,7 @@ Paper: Nawrot et al., 2023, "Efficient Transformers with Dynamic Token Pooling".
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,9 +16,12 @@ from torch import nn
 from transformers import AutoConfig, CLIPModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from ..configuration.configuration_dtp_vit import DTPViTConfig
+from .modeling_common import additive_mask, eager_attention_forward, split_heads
 
 
 @dataclass
@@ -84,42 +88,38 @@ class DTPViTEmbeddings(nn.Module):
 
 
 class DTPViTAttention(nn.Module):
-    """Multi-head self-attention: softmax(Q K^T / sqrt(d) + mask) V, padded keys masked out."""
+    """Multi-head self-attention through the config's attention function: softmax(Q K^T / sqrt(d) + M) V W_o."""
 
     def __init__(self, config: DTPViTConfig):
         super().__init__()
         self.config = config
-        self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scale = self.head_dim**-0.5
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states, key_mask=None, output_attentions=False):
-        batch, length, _ = hidden_states.shape
-
-        def heads(x):
-            return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-
-        query, key, value = heads(self.q_proj(hidden_states)), heads(self.k_proj(hidden_states)), heads(
-            self.v_proj(hidden_states)
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        query = split_heads(self.q_proj(hidden_states), self.head_dim)
+        key = split_heads(self.k_proj(hidden_states), self.head_dim)
+        value = split_heads(self.v_proj(hidden_states), self.head_dim)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
         )
-        dropout = self.dropout if self.training else 0.0
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        if self.config._attn_implementation == "eager" or output_attentions:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * self.scale
-            if mask is not None:
-                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
-            context = torch.matmul(probs, value)
-        else:
-            probs = None
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
-        context = context.transpose(1, 2).reshape(batch, length, -1)
-        return self.out_proj(context), probs
+        context, probs = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            **kwargs,
+        )
+        return self.out_proj(context.reshape(*hidden_states.shape[:-1], -1)), probs
 
 
 class DTPViTMLP(nn.Module):
@@ -135,7 +135,7 @@ class DTPViTMLP(nn.Module):
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
 
 
-class DTPViTLayer(nn.Module):
+class DTPViTLayer(GradientCheckpointingLayer):
     """Pre-LN block: x = x + Drop(Attn(LN1(x))); x = x + Drop(FFN(LN2(x)))."""
 
     def __init__(self, config: DTPViTConfig):
@@ -146,8 +146,8 @@ class DTPViTLayer(nn.Module):
         self.mlp = DTPViTMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, key_mask=None, output_attentions=False):
-        attn_out, probs = self.self_attn(self.layer_norm1(hidden_states), key_mask, output_attentions)
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        attn_out, probs = self.self_attn(self.layer_norm1(hidden_states), attention_mask, **kwargs)
         hidden_states = hidden_states + self.dropout(attn_out)
         del attn_out  # frees the attention output before the MLP: peak memory as a plain ViT layer
         hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
@@ -307,7 +307,10 @@ class DTPViTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "dtp_vit"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
     _no_split_modules = ["DTPViTLayer"]
 
     def _init_weights(self, module):
@@ -382,12 +385,12 @@ class DTPViTModel(DTPViTPreTrainedModel):
         all_hidden = [] if output_hidden_states else None
         all_attn = [] if output_attentions else None
 
-        def run(layers, hidden, key_mask):
+        def run(layers, hidden, attention_mask):
             for layer in layers:
                 if all_hidden is not None:
                     all_hidden.append(hidden)
-                hidden, probs = layer(hidden, key_mask, output_attentions)
-                if all_attn is not None:
+                hidden, probs = layer(hidden, attention_mask, output_attentions=output_attentions)
+                if all_attn is not None and probs is not None:
                     all_attn.append(probs)
             return hidden
 
@@ -418,9 +421,9 @@ class DTPViTModel(DTPViTPreTrainedModel):
             segment_mask = torch.ones(batch, num_patches, dtype=torch.bool, device=patches.device)
             boundary_loss = patches.new_zeros(())
         key_mask = torch.cat([segment_mask.new_ones(batch, 1), segment_mask], dim=1)
-        if bool(key_mask.all()):
-            key_mask = None  # nothing padded: lets SDPA take its fastest kernel
-        hidden = run(self.shortened_layers, torch.cat([cls, segments], dim=1), key_mask)
+        # Padded segments are masked keys; with nothing padded, no mask lets SDPA take its fastest kernel.
+        attention_mask = None if bool(key_mask.all()) else additive_mask(key_mask[:, None, None, :], hidden.dtype)
+        hidden = run(self.shortened_layers, torch.cat([cls, segments], dim=1), attention_mask)
         hidden = self.post_layernorm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)

@@ -10,22 +10,22 @@ Layout (names follow transformers' `modeling_blip.py` / `modeling_blip_text.py`)
 - BLIP LM head (transform + decoder tied to the word embeddings).
 """
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from ..configuration.configuration_gated_sparse_blip import GatedSparseBlipConfig
+from .modeling_common import additive_mask, eager_attention_forward, sincos_2d_position_embedding, split_heads
 
 
 @dataclass
@@ -89,26 +89,6 @@ class GatedSparseBlipForConditionalGenerationOutput(ModelOutput):
     gate_values: tuple[torch.FloatTensor, ...] | None = None
 
 
-def sincos_2d_position_embedding(
-    height: int, width: int, dim: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    r"""
-    Fixed 2-D sin-cos positions (MAE style) for a `height x width` grid, row-major, shape `(height * width, dim)`:
-
-        w_i = 10000^(-i / (dim / 4)),  i = 0 .. dim/4 - 1
-        pos(r, c) = [sin(r w), cos(r w), sin(c w), cos(c w)]
-
-    A patch's embedding depends only on its (row, column), so a sample padded into a larger grid keeps its positions.
-    """
-    quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64, device=device) / quarter)
-    rows = torch.arange(height, dtype=torch.float64, device=device)[:, None] * omega
-    cols = torch.arange(width, dtype=torch.float64, device=device)[:, None] * omega
-    row_embed = torch.cat([rows.sin(), rows.cos()], dim=-1)[:, None, :].expand(height, width, 2 * quarter)
-    col_embed = torch.cat([cols.sin(), cols.cos()], dim=-1)[None, :, :].expand(height, width, 2 * quarter)
-    return torch.cat([row_embed, col_embed], dim=-1).reshape(height * width, dim).to(dtype)
-
-
 def latent_mask_to_patch_mask(latent_mask: torch.Tensor, patch_size: int) -> torch.BoolTensor:
     """
     Turn a latent-resolution mask `(batch, height, width)` (1 = real latent, 0 = padding) into a per-token mask
@@ -133,47 +113,28 @@ def latent_mask_to_patch_mask(latent_mask: torch.Tensor, patch_size: int) -> tor
     return patch_mask
 
 
-def top_k_keep_mask(scores: torch.Tensor, allowed: torch.BoolTensor, sparsity: float) -> torch.BoolTensor:
-    r"""
-    Which scores survive top-k sparsification, exactly `k_i` per query row `i`:
-
-        n_i = number of allowed keys of row i (causal and padding masks)
-        k_i = min(n_i, max(1, floor((1 - sparsity) * n_i)))
-
-    `scores` must already hold a very negative value at disallowed keys. The `k_i` largest scores are taken from
-    `torch.topk` indices and scattered into the mask, so tied scores never keep more than `k_i` keys. The floor is
-    taken in float64 with a 1e-9 guard so that, e.g., `(1 - 0.9) * 20` gives 2 and not 1. Rows without any allowed
-    key keep nothing.
-    """
-    num_allowed = allowed.sum(dim=-1, keepdim=True)
-    k = torch.floor(num_allowed.double() * (1.0 - sparsity) + 1e-9).long().clamp(min=1)
-    k = torch.minimum(k, num_allowed).expand(*scores.shape[:-1], 1)
-    k_max = int(k.max())
-    top_indices = scores.topk(k_max, dim=-1).indices
-    top_is_kept = torch.arange(k_max, device=scores.device) < k
-    return torch.zeros_like(scores, dtype=torch.bool).scatter(-1, top_indices, top_is_kept)
-
-
 class TopKSparseAttention(nn.Module):
     r"""
-    Post-computation top-k sparse attention (no parameters). With `M_ij = 0` for allowed and `-inf` for masked keys:
+    The score-to-output step of the decoder attentions: post-computation top-k sparse attention, or dense attention.
 
         S = Q K^T / sqrt(d) + M
         keep_ij = j is among the k_i largest S_i.,  k_i = max(1, floor((1 - sparsity) * n_i))   (`top_k_keep_mask`)
         A = softmax(S masked to -inf outside keep),  output = dropout(A) V
 
-    `n_i` counts the valid keys of query `i` only (causal and padding masks), so a decoder query at position t
-    keeps `max(1, floor((1 - s) (t + 1)))` keys, the same with or without a KV cache. `-inf` is `finfo.min`, so a
-    query without any valid key gets a finite (uniform) row instead of NaN. Sparsity is active when `sparsity > 0`
-    and the module is training or `sparse_at_inference` is set; otherwise the dense path uses
-    `F.scaled_dot_product_attention` (or an explicit softmax when the probabilities are requested).
+    `n_i` counts the valid keys of query `i` only (causal and padding masks in the additive mask `M`), so a decoder
+    query at position t keeps `max(1, floor((1 - s) (t + 1)))` keys, the same with or without a KV cache. Sparsity
+    is active when `sparsity > 0` and the module is training or `sparse_at_inference` is set: then the step is the
+    "top_k_sparse" attention function; otherwise it is the dense function of `config._attn_implementation` ("eager",
+    "sdpa", ...). No parameters.
     """
 
-    def __init__(self, sparsity: float, sparse_at_inference: bool = True, dropout: float = 0.0):
+    def __init__(self, config, sparsity: float, sparse_at_inference: bool = True, dropout: float = 0.0):
         super().__init__()
+        self.config = config
         self.sparsity = sparsity
         self.sparse_at_inference = sparse_at_inference
         self.dropout = dropout
+        self.is_causal = False  # causality is part of the mask
 
     @property
     def is_sparse(self) -> bool:
@@ -184,33 +145,29 @@ class TopKSparseAttention(nn.Module):
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        attention_mask: torch.BoolTensor | None = None,
-        output_attentions: bool = False,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
-        `query` (B, H, Q, d), `key`/`value` (B, H, K, d), `attention_mask` broadcastable to (B, H, Q, K), `True` for
-        allowed keys. Returns the output (B, H, Q, d) and, when sparse or requested, the probabilities (B, H, Q, K).
+        `query` (B, H, Q, d), `key`/`value` (B, H, K, d), `attention_mask` additive, broadcastable to (B, H, Q, K).
+        Returns the output (B, Q, H, d) and the probabilities (B, H, Q, K) where the function gives them (sparse or
+        eager).
         """
-        dropout_p = self.dropout if self.training else 0.0
-        if not self.is_sparse and not output_attentions:
-            sdpa_mask = None
-            if attention_mask is not None:
-                sdpa_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device)
-                sdpa_mask = sdpa_mask.masked_fill(~attention_mask, torch.finfo(query.dtype).min)
-            output = F.scaled_dot_product_attention(query, key, value, attn_mask=sdpa_mask, dropout_p=dropout_p)
-            return output, None
-
-        scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
-        min_value = torch.finfo(scores.dtype).min
-        if attention_mask is not None:
-            scores = scores.masked_fill(~attention_mask, min_value)
         if self.is_sparse:
-            allowed = attention_mask if attention_mask is not None else torch.ones_like(scores, dtype=torch.bool)
-            keep = top_k_keep_mask(scores, allowed.expand_as(scores), self.sparsity)
-            scores = scores.masked_fill(~keep, min_value)
-        probs = scores.softmax(dim=-1)
-        output = torch.matmul(F.dropout(probs, p=dropout_p, training=self.training), value)
-        return output, probs
+            implementation, kwargs = "top_k_sparse", {**kwargs, "sparsity": self.sparsity}
+        else:
+            implementation = self.config._attn_implementation
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        return attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=query.shape[-1] ** -0.5,
+            dropout=self.dropout if self.training else 0.0,
+            **kwargs,
+        )
 
 
 class TokenGate(nn.Module):
@@ -257,26 +214,37 @@ class GatedSparseBlipLatentEmbeddings(nn.Module):
 
 
 class GatedSparseBlipVisionAttention(nn.Module):
-    """BLIP vision multi-head self-attention (fused qkv) with a key padding mask."""
+    """BLIP vision multi-head self-attention (fused qkv) through the config's attention function, padded keys masked."""
 
     def __init__(self, config: GatedSparseBlipConfig):
         super().__init__()
+        self.config = config
         self.embed_dim = config.vision_hidden_size
-        self.num_heads = config.vision_num_attention_heads
-        self.head_dim = self.embed_dim // self.num_heads
+        self.head_dim = self.embed_dim // config.vision_num_attention_heads
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.dropout
+        self.is_causal = False
         self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim)
         self.projection = nn.Linear(self.embed_dim, self.embed_dim)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.BoolTensor | None = None) -> torch.Tensor:
-        batch_size, seq_len, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query, key, value = (split_heads(x, self.head_dim) for x in self.qkv(hidden_states).chunk(3, dim=-1))
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
         )
-        context = context.transpose(1, 2).reshape(batch_size, seq_len, self.embed_dim)
-        return self.projection(context)
+        context, probs = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            **kwargs,
+        )
+        return self.projection(context.reshape(*hidden_states.shape[:-1], -1)), probs
 
 
 class GatedSparseBlipVisionMLP(nn.Module):
@@ -301,8 +269,9 @@ class GatedSparseBlipVisionLayer(GradientCheckpointingLayer):
         self.layer_norm2 = nn.LayerNorm(config.vision_hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.BoolTensor | None = None) -> torch.Tensor:
-        hidden_states = hidden_states + self.dropout(self.self_attn(self.layer_norm1(hidden_states), attention_mask))
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        attn_output, _ = self.self_attn(self.layer_norm1(hidden_states), attention_mask)
+        hidden_states = hidden_states + self.dropout(attn_output)
         return hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
 
 
@@ -319,7 +288,7 @@ class GatedSparseBlipLatentEncoder(nn.Module):
 
     def forward(self, latents: torch.Tensor, patch_mask: torch.BoolTensor | None = None) -> torch.Tensor:
         hidden_states = self.embeddings(latents)
-        key_mask = patch_mask[:, None, None, :] if patch_mask is not None else None
+        key_mask = None if patch_mask is None else additive_mask(patch_mask[:, None, None, :], hidden_states.dtype)
         for layer in self.layers:
             hidden_states = layer(hidden_states, key_mask)
         hidden_states = self.post_layernorm(hidden_states)
@@ -357,13 +326,7 @@ class GatedSparseBlipTextSelfAttention(nn.Module):
     def __init__(self, config: GatedSparseBlipConfig, is_cross_attention: bool, layer_idx: int):
         super().__init__()
         text_config = config.text_config
-        if text_config.hidden_size % text_config.num_attention_heads:
-            raise ValueError(
-                f"`text_config.hidden_size` ({text_config.hidden_size}) must be a multiple of "
-                f"`text_config.num_attention_heads` ({text_config.num_attention_heads})."
-            )
-        self.num_heads = text_config.num_attention_heads
-        self.head_dim = text_config.hidden_size // self.num_heads
+        self.head_dim = text_config.hidden_size // text_config.num_attention_heads
         self.is_cross_attention = is_cross_attention
         self.layer_idx = layer_idx
         kv_width = text_config.encoder_hidden_size if is_cross_attention else text_config.hidden_size
@@ -372,40 +335,37 @@ class GatedSparseBlipTextSelfAttention(nn.Module):
         self.value = nn.Linear(kv_width, text_config.hidden_size)
         is_sparse = config.sparse_cross_attention if is_cross_attention else config.sparse_self_attention
         self.sparse_attention = TopKSparseAttention(
+            config,
             sparsity=config.attention_sparsity if is_sparse else 0.0,
             sparse_at_inference=config.sparse_at_inference,
             dropout=text_config.attention_probs_dropout_prob,
         )
 
-    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
-        return states.view(*states.shape[:-1], self.num_heads, self.head_dim).transpose(1, 2)
-
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.BoolTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
-        output_attentions: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        query = self._split_heads(self.query(hidden_states))
+        query = split_heads(self.query(hidden_states), self.head_dim)
         if self.is_cross_attention and cache is not None and cache.is_updated.get(self.layer_idx, False):
             # The latent tokens are fixed during generation: reuse their keys and values.
             key = cache.cross_attention_cache.layers[self.layer_idx].keys
             value = cache.cross_attention_cache.layers[self.layer_idx].values
         else:
             source = encoder_hidden_states if self.is_cross_attention else hidden_states
-            key = self._split_heads(self.key(source))
-            value = self._split_heads(self.value(source))
+            key = split_heads(self.key(source), self.head_dim)
+            value = split_heads(self.value(source), self.head_dim)
             if cache is not None and self.is_cross_attention:
                 key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
                 cache.is_updated[self.layer_idx] = True
             elif cache is not None:
                 key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
 
-        context, probs = self.sparse_attention(query, key, value, attention_mask, output_attentions)
-        context = context.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)
-        return context, probs if output_attentions else None
+        context, probs = self.sparse_attention(query, key, value, attention_mask, **kwargs)
+        return context.reshape(*hidden_states.shape[:-1], -1), probs
 
 
 class GatedSparseBlipTextSelfOutput(nn.Module):
@@ -430,12 +390,12 @@ class GatedSparseBlipTextAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.BoolTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
-        output_attentions: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, probs = self.self(hidden_states, attention_mask, encoder_hidden_states, cache, output_attentions)
+        context, probs = self.self(hidden_states, attention_mask, encoder_hidden_states, cache, **kwargs)
         return self.output(context, hidden_states), probs
 
 
@@ -487,21 +447,20 @@ class GatedSparseBlipTextLayer(GradientCheckpointingLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.BoolTensor,
+        attention_mask: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.BoolTensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
-        output_attentions: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """`attention_mask` (causal + padding) and `encoder_attention_mask` (latent padding) are additive masks."""
         gate = None
         if self.token_gate is not None:
             gate = self.token_gate(hidden_states)
             hidden_states = hidden_states * gate
-        attention_output, self_probs = self.attention(
-            hidden_states, attention_mask, cache=cache, output_attentions=output_attentions
-        )
+        attention_output, self_probs = self.attention(hidden_states, attention_mask, cache=cache, **kwargs)
         attention_output, cross_probs = self.crossattention(
-            attention_output, encoder_attention_mask, encoder_hidden_states, cache, output_attentions
+            attention_output, encoder_attention_mask, encoder_hidden_states, cache, **kwargs
         )
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return layer_output, self_probs, cross_probs, gate
@@ -551,9 +510,12 @@ class GatedSparseBlipTextModel(nn.Module):
                     f"got {tuple(attention_mask.shape)}."
                 )
             self_mask = self_mask & attention_mask.bool()[:, None, None, :]
-        cross_mask = encoder_attention_mask[:, None, None, :] if encoder_attention_mask is not None else None
-
         hidden_states = self.embeddings(input_ids, past_length)
+        self_mask = additive_mask(self_mask, hidden_states.dtype)
+        cross_mask = None
+        if encoder_attention_mask is not None:
+            cross_mask = additive_mask(encoder_attention_mask[:, None, None, :], hidden_states.dtype)
+
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_self, all_cross, all_gates = [], [], []
         for layer in self.layers:
@@ -567,8 +529,9 @@ class GatedSparseBlipTextModel(nn.Module):
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            all_self.append(self_probs)
-            all_cross.append(cross_probs)
+            if output_attentions:
+                all_self += [self_probs] if self_probs is not None else []
+                all_cross += [cross_probs] if cross_probs is not None else []
             if gate is not None:
                 all_gates.append(gate.squeeze(-1))
 
@@ -615,6 +578,9 @@ class GatedSparseBlipPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
     _no_split_modules = ["GatedSparseBlipVisionLayer", "GatedSparseBlipTextLayer"]
 
     def _init_weights(self, module):
@@ -879,8 +845,9 @@ class GatedSparseBlipForConditionalGeneration(GatedSparseBlipPreTrainedModel, Ge
         Inputs as in [`GatedSparseBlipModel.forward`], plus:
 
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Usually `input_ids` with padding set to -100. The loss is the mean cross-entropy of `logits[:, t]` against
-            `labels[:, t + 1]` over labels that are not -100. Disables the cache.
+            Usually `input_ids` with padding set to -100. The loss (`self.loss_function`, transformers' causal-LM loss)
+            is the mean cross-entropy of `logits[:, t]` against `labels[:, t + 1]` over labels that are not -100.
+            Disables the cache.
         num_items_in_batch (`int` or `torch.Tensor`, *optional*):
             With gradient accumulation: the number of predicted label tokens in the whole accumulated batch; the loss
             is then the summed cross-entropy divided by it, so every token weighs the same in every micro-batch.
@@ -906,17 +873,7 @@ class GatedSparseBlipForConditionalGeneration(GatedSparseBlipPreTrainedModel, Ge
 
         loss = None
         if labels is not None:
-            shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
-            shifted_labels = labels[:, 1:].reshape(-1).to(logits.device)
-            loss = F.cross_entropy(
-                shifted_logits.float(),
-                shifted_labels,
-                ignore_index=-100,
-                label_smoothing=self.config.text_config.label_smoothing,
-                reduction="mean" if num_items_in_batch is None else "sum",
-            )
-            if num_items_in_batch is not None:
-                loss = loss / num_items_in_batch
+            loss = self.loss_function(logits, labels, logits.shape[-1], num_items_in_batch=num_items_in_batch)
 
         return GatedSparseBlipForConditionalGenerationOutput(
             loss=loss,

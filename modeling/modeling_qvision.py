@@ -1,11 +1,10 @@
 """PyTorch QVisionMultiModel: frozen CLIP tower -> Q-Former -> GPT-Neo with Flamingo-style gated cross-attention."""
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers import (
     CLIPVisionModel,
     GenerationConfig,
@@ -16,10 +15,13 @@ from transformers import (
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
 from ..configuration.configuration_qvision import QVisionConfig
+from .modeling_common import eager_attention_forward, sincos_2d_position_embedding, split_heads
 
 
 @dataclass
@@ -113,48 +115,57 @@ class QVisionCausalLMOutputWithPast(ModelOutput):
 class QVisionAttention(nn.Module):
     """
     Multi-head attention `Attn(X, Y) = softmax(Q K^T / sqrt(d_head)) V W_o` with `Q = X W_q`, `K = Y W_k`,
-    `V = Y W_v`; self-attention when `Y = X`. No mask: queries and image tokens are all valid. `(K, V)` of a fixed
-    `Y` can be computed once with `project_key_value(Y)` and passed in as `key_value`.
+    `V = Y W_v`; self-attention when `Y = X`. No mask: queries and image tokens are all valid. The softmax step is
+    the config's attention function (`attn_implementation`). `(K, V)` of a fixed `Y` can be computed once with
+    `project_key_value(Y)` and passed in as `key_value`.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, config: QVisionConfig, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"`num_heads` ({num_heads}) must divide `embed_dim` ({embed_dim}).")
-        self.num_heads = num_heads
+        self.config = config
         self.head_dim = embed_dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = dropout
+        self.is_causal = False
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
-        self.dropout = nn.Dropout(dropout)
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch_size, length, _ = x.shape
-        return x.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def project_key_value(self, key_value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(K, V)` of `key_value_states`, split into heads: `(batch_size, num_heads, length, head_dim)` each."""
-        return self._split_heads(self.k_proj(key_value_states)), self._split_heads(self.v_proj(key_value_states))
+        return (
+            split_heads(self.k_proj(key_value_states), self.head_dim),
+            split_heads(self.v_proj(key_value_states), self.head_dim),
+        )
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         key_value_states: torch.Tensor | None = None,
         key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if key_value is None:
             key_value = self.project_key_value(hidden_states if key_value_states is None else key_value_states)
         key, value = key_value
-        query = self._split_heads(self.q_proj(hidden_states))
-
-        scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        output = torch.matmul(self.dropout(weights), value)
-
-        batch_size, _, length, _ = output.shape
-        output = output.transpose(1, 2).reshape(batch_size, length, self.num_heads * self.head_dim)
-        return self.out_proj(output), weights
+        query = split_heads(self.q_proj(hidden_states), self.head_dim)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        context, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            **kwargs,
+        )
+        return self.out_proj(context.reshape(*hidden_states.shape[:-1], -1)), weights
 
 
 class QVisionMLP(nn.Module):
@@ -170,7 +181,7 @@ class QVisionMLP(nn.Module):
         return self.fc2(self.act(self.fc1(hidden_states)))
 
 
-class QFormerBlock(nn.Module):
+class QFormerBlock(GradientCheckpointingLayer):
     """
     One pre-LN Q-Former block over the tokens `h = [global; queries]` and image patch features `v`:
 
@@ -183,47 +194,32 @@ class QFormerBlock(nn.Module):
         super().__init__()
         hidden_size = config.qformer_hidden_size
         self.self_attn_layernorm = nn.LayerNorm(hidden_size)
-        self.self_attn = QVisionAttention(hidden_size, config.qformer_num_heads, config.qformer_dropout)
+        self.self_attn = QVisionAttention(config, hidden_size, config.qformer_num_heads, config.qformer_dropout)
         self.cross_attn_layernorm = nn.LayerNorm(hidden_size)
-        self.cross_attn = QVisionAttention(hidden_size, config.qformer_num_heads, config.qformer_dropout)
+        self.cross_attn = QVisionAttention(config, hidden_size, config.qformer_num_heads, config.qformer_dropout)
         self.ffn_layernorm = nn.LayerNorm(hidden_size)
         self.ffn = QVisionMLP(hidden_size, config.qformer_intermediate_size)
         self.dropout = nn.Dropout(config.qformer_dropout)
 
     def forward(
-        self, hidden_states: torch.Tensor, image_features: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        attn_output, self_weights = self.self_attn(self.self_attn_layernorm(hidden_states))
+        self, hidden_states: torch.Tensor, image_features: torch.Tensor, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        attn_output, self_weights = self.self_attn(self.self_attn_layernorm(hidden_states), **kwargs)
         hidden_states = hidden_states + self.dropout(attn_output)
-        attn_output, cross_weights = self.cross_attn(self.cross_attn_layernorm(hidden_states), image_features)
+        attn_output, cross_weights = self.cross_attn(
+            self.cross_attn_layernorm(hidden_states), image_features, **kwargs
+        )
         hidden_states = hidden_states + self.dropout(attn_output)
         hidden_states = hidden_states + self.dropout(self.ffn(self.ffn_layernorm(hidden_states)))
         return hidden_states, self_weights, cross_weights
-
-
-def patch_position_encoding(grid_size: int, dim: int) -> torch.Tensor:
-    """
-    Fixed 2D sine-cosine encoding of a `grid_size x grid_size` patch grid in raster order, `(grid_size**2, dim)`:
-    the first `dim / 2` features encode the row `r`, the others the column `c`, each as
-    `[sin(p w_0) .. sin(p w_{k-1}), cos(p w_0) .. cos(p w_{k-1})]` with `w_i = 10000^(-i / k)`, `k = dim / 4`.
-    """
-    k = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(k, dtype=torch.float64) / k)
-    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
-
-    def encode(positions):
-        angles = positions.flatten().double()[:, None] * omega[None]
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    return torch.cat([encode(rows), encode(cols)], dim=1).float()
 
 
 class QFormer(nn.Module):
     """
     Querying transformer: learned tokens `h_0 = [g; q_1..q_Q]` (the global token `g` is optional) read the image
     features `v` through a stack of [`QFormerBlock`]s; output `LN(h_L)`. The image features are layer-normed once,
-    `v = LN_v(patch_features)` (`+ E` with `config.patch_position_encoding`, `E` = [`patch_position_encoding`] of
-    the patch grid), before every block attends to them.
+    `v = LN_v(patch_features)` (`+ E` with `config.patch_position_encoding`, `E` = the fixed 2-D sin-cos positions
+    of the patch grid, `sincos_2d_position_embedding`), before every block attends to them.
     """
 
     def __init__(self, config: QVisionConfig):
@@ -236,12 +232,13 @@ class QFormer(nn.Module):
         # Not saved: computed here and by `_init_weights` when loading (None without the encoding).
         encoding = None
         if config.patch_position_encoding:
-            encoding = patch_position_encoding(self.grid_size, hidden_size)[None]
+            encoding = sincos_2d_position_embedding(self.grid_size, self.grid_size, hidden_size)[None]
         self.register_buffer("patch_position", encoding, persistent=False)
         self.layers = nn.ModuleList([QFormerBlock(config) for _ in range(config.qformer_num_layers)])
         self.layernorm = nn.LayerNorm(hidden_size)
 
     def forward(self, patch_features: torch.Tensor, output_attentions: bool = False) -> QFormerOutput:
+        """With `output_attentions`, the maps are returned where the attention function gives them (eager)."""
         batch_size = patch_features.shape[0]
         tokens = self.query_tokens
         if self.global_token is not None:
@@ -254,8 +251,10 @@ class QFormer(nn.Module):
         self_attentions = () if output_attentions else None
         cross_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, self_weights, cross_weights = layer(hidden_states, image_features)
-            if output_attentions:
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states, image_features, output_attentions=output_attentions
+            )
+            if output_attentions and self_weights is not None:
                 self_attentions += (self_weights,)
                 cross_attentions += (cross_weights,)
 
@@ -266,7 +265,7 @@ class QFormer(nn.Module):
         )
 
 
-class GatedCrossAttentionBlock(nn.Module):
+class GatedCrossAttentionBlock(GradientCheckpointingLayer):
     """
     Flamingo gated cross-attention from the text hidden states `x` to the image tokens `y`:
 
@@ -277,10 +276,13 @@ class GatedCrossAttentionBlock(nn.Module):
     model is exactly unchanged at step 0.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0, layer_norm_eps: float = 1e-5):
+    def __init__(self, config: QVisionConfig):
         super().__init__()
+        text_config = config.text_config
+        hidden_size, layer_norm_eps = text_config.hidden_size, text_config.layer_norm_epsilon
+        dropout = text_config.resid_dropout
         self.attn_layernorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.attn = QVisionAttention(hidden_size, num_heads, dropout)
+        self.attn = QVisionAttention(config, hidden_size, text_config.num_heads, dropout)
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.ffn_layernorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.ffn = QVisionMLP(hidden_size, 4 * hidden_size)
@@ -292,9 +294,12 @@ class GatedCrossAttentionBlock(nn.Module):
         hidden_states: torch.Tensor,
         image_embeds: torch.Tensor | None = None,
         image_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attends to `image_embeds`, or to their precomputed `image_key_value = self.attn.project_key_value(y)`."""
-        attn_output, weights = self.attn(self.attn_layernorm(hidden_states), image_embeds, key_value=image_key_value)
+        attn_output, weights = self.attn(
+            self.attn_layernorm(hidden_states), image_embeds, key_value=image_key_value, **kwargs
+        )
         hidden_states = hidden_states + self.attn_gate.tanh() * self.dropout(attn_output)
         ffn_output = self.ffn(self.ffn_layernorm(hidden_states))
         hidden_states = hidden_states + self.ffn_gate.tanh() * self.dropout(ffn_output)
@@ -305,6 +310,11 @@ class QVisionPreTrainedModel(PreTrainedModel):
     config_class = QVisionConfig
     base_model_prefix = "qvision"
     input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    # The CLIP tower, Q-Former and gated cross-attention blocks follow `attn_implementation`; GPT-Neo has no SDPA path
+    # in transformers, so its blocks stay eager unless flash_attention_2 is asked for.
+    _supports_sdpa = True
+    _supports_attention_backend = True
     _no_split_modules = ["CLIPEncoderLayer", "QFormerBlock", "GatedCrossAttentionBlock", "GPTNeoBlock"]
 
     def _init_weights(self, module):
@@ -315,7 +325,8 @@ class QVisionPreTrainedModel(PreTrainedModel):
             if module.global_token is not None:
                 init.normal_(module.global_token, mean=0.0, std=std)
             if module.patch_position is not None:
-                encoding = patch_position_encoding(module.grid_size, module.patch_position.shape[-1])
+                dim = module.patch_position.shape[-1]
+                encoding = sincos_2d_position_embedding(module.grid_size, module.grid_size, dim)
                 init.copy_(module.patch_position, encoding[None])
         elif isinstance(module, GatedCrossAttentionBlock):
             init.zeros_(module.attn_gate)
@@ -408,16 +419,12 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
         self._build_image_encoder(config)
         text_config = config.text_config
         self.cross_attention_blocks = nn.ModuleDict(
-            {
-                str(i): GatedCrossAttentionBlock(
-                    text_config.hidden_size,
-                    text_config.num_heads,
-                    dropout=text_config.resid_dropout,
-                    layer_norm_eps=text_config.layer_norm_epsilon,
-                )
-                for i in config.cross_attention_layers
-            }
+            {str(i): GatedCrossAttentionBlock(config) for i in config.cross_attention_layers}
         )
+        # GPT-Neo has eager and flash_attention_2 paths only; another choice (sdpa) applies to the rest of the model.
+        requested = text_config._attn_implementation
+        if requested not in (None, "eager") and not requested.startswith("flash_attention"):
+            text_config._attn_implementation = "eager"
         self.language_model = GPTNeoForCausalLM(text_config)
         self.post_init()
         self.generation_config = self.default_generation_config(config)
@@ -570,9 +577,12 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
         for i, block in enumerate(transformer.h):
             if str(i) in blocks:
                 hidden_states, cross_weights = blocks[str(i)](
-                    hidden_states, image_embeds, image_key_value=block_key_values.get(str(i))
+                    hidden_states,
+                    image_embeds,
+                    image_key_value=block_key_values.get(str(i)),
+                    output_attentions=output_attentions,
                 )
-                if output_attentions:
+                if output_attentions and cross_weights is not None:
                     all_cross_attentions += (cross_weights,)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
@@ -594,16 +604,7 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            shift_logits = logits[:, :-1, :].float()
-            shift_labels = labels[:, 1:].to(logits.device)
-            loss = F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]),
-                shift_labels.reshape(-1),
-                ignore_index=-100,
-                reduction="mean" if num_items_in_batch is None else "sum",
-            )
-            if num_items_in_batch is not None:
-                loss = loss / num_items_in_batch
+            loss = self.loss_function(logits, labels, logits.shape[-1], num_items_in_batch=num_items_in_batch)
 
         output = QVisionCausalLMOutputWithPast(
             loss=loss,
@@ -656,5 +657,4 @@ __all__ = [
     "QVisionForConditionalGeneration",
     "QFormer",
     "QFormerBlock",
-    "patch_position_encoding",
 ]

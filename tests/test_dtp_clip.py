@@ -7,6 +7,7 @@ import string
 
 import numpy as np
 import pytest
+from huggingface_hub.errors import StrictDataclassError
 import torch
 from PIL import Image
 from safetensors.torch import save_file
@@ -229,7 +230,7 @@ def test_save_and_load_round_trip_writes_both_sub_configs_in_full(tmp_path):
     ],
 )
 def test_invalid_config_names_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(StrictDataclassError, match=field):
         DTPCLIPConfig(**kwargs)
 
 

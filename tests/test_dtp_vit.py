@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from huggingface_hub.errors import StrictDataclassError
 import torch
 from scipy.stats import binom
 
@@ -143,7 +144,7 @@ def test_save_and_load_round_trip(tmp_path):
     ],
 )
 def test_invalid_config_names_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(StrictDataclassError, match=field):
         tiny_config(**{field: value})
 
 

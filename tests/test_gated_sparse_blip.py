@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from huggingface_hub.errors import StrictDataclassError
 import torch
 import torch.nn.functional as F
 from transformers import AutoProcessor, BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil
@@ -13,8 +14,8 @@ from leanvision.modeling.modeling_gated_sparse_blip import (
     GatedSparseBlipModel,
     TokenGate,
     TopKSparseAttention,
-    top_k_keep_mask,
 )
+from leanvision.modeling.modeling_common import additive_mask, top_k_keep_mask
 from leanvision.processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
 
 
@@ -112,6 +113,13 @@ def mixed_bucket_batch():
 # --- TopKSparseAttention -------------------------------------------------------------------------------------------
 
 
+def top_k_attention(sparsity, attn_implementation="eager"):
+    """A `TopKSparseAttention` whose dense path is `attn_implementation`."""
+    config = GatedSparseBlipConfig()
+    config._attn_implementation = attn_implementation
+    return TopKSparseAttention(config, sparsity)
+
+
 def test_top_k_keep_mask_breaks_ties_to_exactly_k():
     scores = torch.zeros(1, 1, 3, 10)
     scores[0, 0, 1, :4] = 1.0  # four tied maxima, only three may stay
@@ -134,7 +142,7 @@ def test_top_k_attention_with_tied_scores_returns_exactly_k_probabilities():
     key = torch.ones(1, 2, 10, 8)  # identical keys: every score in a row ties
     value = torch.randn(1, 2, 10, 8)
 
-    _, probs = TopKSparseAttention(sparsity=0.7)(query, key, value, output_attentions=True)
+    _, probs = top_k_attention(0.7)(query, key, value)
 
     assert torch.equal((probs > 0).sum(-1), torch.full((1, 2, 4), 3))
     torch.testing.assert_close(probs.sum(-1), torch.ones(1, 2, 4))
@@ -149,7 +157,7 @@ def test_top_k_attention_counts_only_valid_keys(sparsity):
     padding[1, 6:] = False
     mask = torch.ones(9, 9, dtype=torch.bool).tril()[None, None] & padding[:, None, None, :]
 
-    _, probs = TopKSparseAttention(sparsity)(query, key, value, mask, output_attentions=True)
+    _, probs = top_k_attention(sparsity)(query, key, value, additive_mask(mask, query.dtype))
 
     num_valid = mask.sum(-1).expand(2, 2, 9)
     assert torch.equal((probs > 0).sum(-1), expected_kept(num_valid, sparsity))
@@ -165,15 +173,16 @@ def test_top_k_attention_keeping_every_key_equals_sdpa():
     mask = torch.ones(9, 9, dtype=torch.bool).tril()[None, None] & padding[:, None, None, :]
     reference = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
 
-    sdpa_output, no_probs = TopKSparseAttention(0.0)(query, key, value, mask)
-    eager_output, _ = TopKSparseAttention(0.0)(query, key, value, mask, output_attentions=True)
+    additive = additive_mask(mask, query.dtype)
+    sdpa_output, no_probs = top_k_attention(0.0, "sdpa")(query, key, value, additive)
+    eager_output, _ = top_k_attention(0.0)(query, key, value, additive)
     # A tiny sparsity runs the top-k path with k_i = n_i.
-    top_k_output, top_k_probs = TopKSparseAttention(1e-12)(query, key, value, mask)
+    top_k_output, top_k_probs = top_k_attention(1e-12, "sdpa")(query, key, value, additive)
 
     assert no_probs is None
     assert torch.equal((top_k_probs > 0).sum(-1), mask.sum(-1).expand(2, 2, 9))
     for output in (sdpa_output, eager_output, top_k_output):
-        torch.testing.assert_close(output, reference, atol=1e-5, rtol=0)
+        torch.testing.assert_close(output.transpose(1, 2), reference, atol=1e-5, rtol=0)
 
 
 # --- Model-level sparsity ------------------------------------------------------------------------------------------
@@ -211,6 +220,7 @@ def test_sparsity_changes_outputs_and_zero_sparsity_matches_dense_sdpa():
 
     sparse_logits = sparse(latents=latents, input_ids=input_ids).logits
     sdpa_logits = dense(latents=latents, input_ids=input_ids).logits
+    dense.set_attn_implementation("eager")  # as in transformers, dense attention returns its maps when eager
     eager = dense(latents=latents, input_ids=input_ids, output_attentions=True)
 
     assert (sparse_logits - sdpa_logits).abs().max() > 1e-2
@@ -244,6 +254,7 @@ def test_sparse_at_inference_false_is_dense_in_eval_and_sparse_in_training():
 
 def test_self_and_cross_sparsity_switches():
     model = tiny_model(attention_sparsity=0.5, sparse_cross_attention=False)
+    model.set_attn_implementation("eager")
     out = model(latents=torch.randn(1, 4, 8, 8), input_ids=caption_ids(batch=1), output_attentions=True)
 
     assert torch.equal((out.cross_attentions[0] > 0).sum(-1), torch.full((1, 4, 7), 16))
@@ -449,7 +460,7 @@ def test_bad_masks_and_missing_inputs_raise_value_error():
     ],
 )
 def test_config_rejects_bad_fields(overrides, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(StrictDataclassError, match=field):
         tiny_config(**overrides)
 
 

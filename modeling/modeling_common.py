@@ -1,0 +1,141 @@
+"""Pieces shared by the model files: attention functions, masks, heads and fixed 2-D positions.
+
+Every attention layer of every family projects its inputs, splits heads with `split_heads`, and hands query, key and
+value to `ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)` ("eager",
+"sdpa", or any function registered in transformers' `AttentionInterface`), exactly as transformers' own models do.
+Top-k sparse attention is one more named function in that table, registered here as `"top_k_sparse"`. Masks are
+additive: 0 where a key is allowed, the dtype's minimum where it is not (`additive_mask`).
+
+Exported bundles carry this file next to the model files (remote code is flat); it imports only torch and
+transformers.
+"""
+
+import torch
+from torch import nn
+from transformers.modeling_utils import AttentionInterface
+
+
+def split_heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """`(batch, length, heads * head_dim)` -> `(batch, heads, length, head_dim)`."""
+    return states.view(*states.shape[:-1], -1, head_dim).transpose(1, 2)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask (True = the key may be attended) -> additive mask: 0 where allowed, `finfo(dtype).min` elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed.bool(), torch.finfo(dtype).min
+    )
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""
+    A = softmax(Q K^T * scaling + M) (softmax in float32), output = dropout(A) V.
+
+    `query` (B, H, Q, d), `key`/`value` (B, H, K, d), `attention_mask` M additive, broadcastable to (B, H, Q, K).
+    Returns the output transposed to (B, Q, H, d) and the probabilities A (B, H, Q, K).
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
+    return output.transpose(1, 2).contiguous(), probs
+
+
+def top_k_keep_mask(scores: torch.Tensor, allowed: torch.BoolTensor, sparsity: float) -> torch.BoolTensor:
+    r"""
+    Which scores survive top-k sparsification, exactly `k_i` per query row `i`:
+
+        n_i = number of allowed keys of row i (causal and padding masks)
+        k_i = min(n_i, max(1, floor((1 - sparsity) * n_i)))
+
+    `scores` must already hold a very negative value at disallowed keys. The `k_i` largest scores are taken from
+    `torch.topk` indices and scattered into the mask, so tied scores never keep more than `k_i` keys. The floor is
+    taken in float64 with a 1e-9 guard so that, e.g., `(1 - 0.9) * 20` gives 2 and not 1. Rows without any allowed
+    key keep nothing.
+    """
+    num_allowed = allowed.sum(dim=-1, keepdim=True)
+    k = torch.floor(num_allowed.double() * (1.0 - sparsity) + 1e-9).long().clamp(min=1)
+    k = torch.minimum(k, num_allowed).expand(*scores.shape[:-1], 1)
+    k_max = int(k.max())
+    top_indices = scores.topk(k_max, dim=-1).indices
+    top_is_kept = torch.arange(k_max, device=scores.device) < k
+    return torch.zeros_like(scores, dtype=torch.bool).scatter(-1, top_indices, top_is_kept)
+
+
+def top_k_sparse_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    sparsity: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""
+    Post-computation top-k sparse attention: the full scores are computed, then each query keeps its `k_i` best keys.
+
+        S = Q K^T * scaling + M
+        keep_ij = j is among the k_i largest S_i.,  k_i = max(1, floor((1 - sparsity) * n_i))   (`top_k_keep_mask`)
+        A = softmax(S with every key outside `keep` set to finfo.min),  output = dropout(A) V
+
+    `n_i` counts the keys M allows for query `i` (causal and padding masks), so a decoder query at position t keeps
+    `max(1, floor((1 - s) (t + 1)))` keys, with or without a KV cache. Shapes and returns as
+    `eager_attention_forward`.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+        allowed = (attention_mask == 0).expand_as(scores)
+    else:
+        allowed = torch.ones_like(scores, dtype=torch.bool)
+    keep = top_k_keep_mask(scores, allowed, sparsity)
+    scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
+    return output.transpose(1, 2).contiguous(), probs
+
+
+# Beside transformers' own ("sdpa", "flash_attention_2", "flex_attention", ...); "eager" is each caller's default.
+AttentionInterface.register("top_k_sparse", top_k_sparse_attention_forward)
+
+
+def sincos_2d_position_embedding(
+    height: int, width: int, dim: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    r"""
+    Fixed 2-D sin-cos positions (MAE style) for a `height x width` grid, row-major, shape `(height * width, dim)`:
+
+        w_i = 10000^(-i / (dim / 4)),  i = 0 .. dim/4 - 1
+        pos(r, c) = [sin(r w), cos(r w), sin(c w), cos(c w)]
+
+    A patch's embedding depends only on its (row, column), so a sample padded into a larger grid keeps its positions.
+    """
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64, device=device) / quarter)
+    rows = torch.arange(height, dtype=torch.float64, device=device)[:, None] * omega
+    cols = torch.arange(width, dtype=torch.float64, device=device)[:, None] * omega
+    row_embed = torch.cat([rows.sin(), rows.cos()], dim=-1)[:, None, :].expand(height, width, 2 * quarter)
+    col_embed = torch.cat([cols.sin(), cols.cos()], dim=-1)[None, :, :].expand(height, width, 2 * quarter)
+    return torch.cat([row_embed, col_embed], dim=-1).reshape(height * width, dim).to(dtype)
+
+
+__all__ = [
+    "additive_mask",
+    "eager_attention_forward",
+    "sincos_2d_position_embedding",
+    "split_heads",
+    "top_k_keep_mask",
+    "top_k_sparse_attention_forward",
+]
