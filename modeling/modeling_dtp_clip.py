@@ -67,7 +67,10 @@ class DTPCLIPPreTrainedModel(PreTrainedModel):
     config_class = DTPCLIPConfig
     base_model_prefix = "dtp_clip"
     input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
     _no_split_modules = ["DTPViTLayer", "CLIPEncoderLayer", "CLIPTextEmbeddings"]
 
     def _init_weights(self, module):

@@ -511,7 +511,8 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
             Caption tokens, starting with `bos`. With a `cache`, only the tokens not yet in it.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Usually `input_ids` with padding set to `-100`; shifted inside the model.
+            Usually `input_ids` with padding set to `-100`; shifted inside the model (`self.loss_function`,
+            transformers' causal-LM loss). Disables the cache.
         num_items_in_batch (`int` or `torch.Tensor`, *optional*):
             With gradient accumulation: the number of predicted label tokens in the whole accumulated batch; the loss
             is then the summed cross-entropy divided by it, so every token weighs the same in every micro-batch.
@@ -531,6 +532,8 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         use_cache = use_cache if use_cache is not None else text_config.use_cache
+        if labels is not None:
+            use_cache = False
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
