@@ -8,7 +8,7 @@ from .hub_cards.publish_space import add_arguments as add_publish_space_argument
 
 
 def _cmd_ablate(args) -> int:
-    from .training.ablation import format_table, run_ablation
+    from .training.tools.ablation import format_table, run_ablation
 
     rows = run_ablation(args.family, quick=args.quick, out_dir=args.out_dir, seed=args.seed)
     print(format_table(rows))
@@ -89,14 +89,14 @@ def _cmd_publish_space(args) -> int:
 
 
 def _cmd_params(args) -> int:
-    from .training.params import params_report
+    from .training.tools.params import params_report
 
     print(params_report(args.model, args.recipe))
     return 0
 
 
 def _cmd_analyze(args) -> int:
-    from .training.analyze import analyze_saved_model
+    from .training.tools.analyze import analyze_saved_model
 
     result = analyze_saved_model(
         args.model, args.images, args.out_dir, captions=args.captions, max_new_tokens=args.max_new_tokens
@@ -125,7 +125,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_flops(args) -> int:
-    from .training.flops import flops_table, format_table
+    from .training.tools.flops import flops_table, format_table
 
     rows = flops_table(rates=tuple(args.rates), image_size=args.image_size, patch_size=args.patch_size)
     print(format_table(rows))
@@ -142,7 +142,7 @@ def _cmd_train(args) -> int:
 def _cmd_visualize(args) -> int:
     from .training.families import load_saved
     from .training.files import open_image
-    from .training.visualize import visualize_boundaries
+    from .training.tools.visualize import visualize_boundaries
 
     family, model, processor = load_saved(args.model)
     vision = getattr(model, "dtp_vit", None) or getattr(model, "vision_model", None)

@@ -14,7 +14,7 @@ from .training.data import digits_dataset
 from .training.families import get_family
 from .training.shapes import class_names, shapes_splits
 from .training.train import main as train_main
-from .training.visualize import visualize_boundaries
+from .training.tools.visualize import visualize_boundaries
 
 RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "training", "recipes")
 

@@ -34,7 +34,7 @@ from torch.utils._pytree import tree_flatten
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from leanvision.modeling.modeling_dtp_vit import DTPViTModel, dtp_vit_config_from_clip_vision
-from leanvision.training.flops import count_gmacs
+from leanvision.training.tools.flops import count_gmacs
 
 RATES = (1.0, 0.5, 0.25, 0.1)
 PEER = "peer"

@@ -1,4 +1,5 @@
-"""`leanvision.training.analyze` on a tiny QVision: files, attention normalisation, values equal direct computations."""
+"""`leanvision.training.tools.analyze` on a tiny QVision: files, attention normalisation, values equal direct
+computations."""
 
 import json
 
@@ -12,7 +13,7 @@ from transformers import CLIPImageProcessor, GPT2Tokenizer
 from leanvision.configuration.configuration_qvision import QVisionConfig
 from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
 from leanvision.processing.processing_qvision import QVisionProcessor
-from leanvision.training.analyze import analyze, analyze_saved_model, token_similarity
+from leanvision.training.tools.analyze import analyze, analyze_saved_model, token_similarity
 from leanvision.training.files import image_files
 
 CAPTIONS = ["a red circle at the top", "a blue square on the left", "two green triangles"]

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from leanvision.training.files import write_json_atomically
-from leanvision.training.visualize import save_figure_atomically
+from leanvision.training.tools.visualize import save_figure_atomically
 
 
 def test_json_report_survives_a_failure_mid_write(tmp_path):

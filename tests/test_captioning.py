@@ -321,7 +321,7 @@ def test_ablation_measures_the_kept_fraction_from_attention_probabilities(sparsi
     import math
 
     from captioning_helpers import tiny_captioner
-    from leanvision.training.ablation import format_table, measure_kept_fraction
+    from leanvision.training.tools.ablation import format_table, measure_kept_fraction
 
     model, processor = tiny_captioner(attention_sparsity=sparsity)
     test = shapes_splits(train=0, test=5, seed=0, image_size=32)["test"]

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from leanvision.cli import build_parser, main
-from leanvision.training.flops import even_boundaries, flops_table
+from leanvision.training.tools.flops import even_boundaries, flops_table
 
 
 def test_help_explains_each_subcommand():

@@ -9,7 +9,7 @@ from leanvision.configuration.configuration_qvision import GPT_NEO_125M, QVision
 from leanvision.modeling.modeling_dtp_vit import DTPViTForImageClassification
 from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
 from leanvision.training.callbacks import FreezingSchedule
-from leanvision.training.params import format_params_table, parameter_table, params_report, recipe_schedule
+from leanvision.training.tools.params import format_params_table, parameter_table, params_report, recipe_schedule
 
 FROZEN_PATTERNS = [r"^vision_model\.", r"^language_model\.transformer\.w[tp]e\."]
 SEED_SCHEDULE = [

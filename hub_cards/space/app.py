@@ -75,7 +75,7 @@ def segment_ids(boundaries: np.ndarray) -> np.ndarray:
 def draw_boundaries(image: Image.Image, boundaries, size: int = OVERLAY_SIZE) -> Image.Image:
     """The image with its patch grid, each pooled segment tinted in its own colour and a red bar after each boundary.
 
-    A deliberate single-file copy of leanvision.training.visualize.draw_boundaries, drawn with PIL: the Space runs
+    A deliberate single-file copy of leanvision.training.tools.visualize.draw_boundaries, drawn with PIL: the Space runs
     without a leanvision install.
     """
     b = np.asarray(boundaries, dtype=np.float64).round().astype(np.int64).reshape(-1)

@@ -14,13 +14,14 @@ from itertools import product
 
 import torch
 
-from .captioning_data import CaptionCollator
-from .shapes import shapes_splits
-from .task_captioning import load_captioner
-from .train import load_recipe
-from .train import main as train_main
+from ..captioning_data import CaptionCollator
+from ..shapes import shapes_splits
+from ..task_captioning import load_captioner
+from ..train import load_recipe
+from ..train import main as train_main
 
-RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes", "gated_sparse_blip_shapes.yaml")
+RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+RECIPE = os.path.join(RECIPES, "gated_sparse_blip_shapes.yaml")
 SPARSITIES = (0.0, 0.5, 0.7)
 GATING = (True, False)
 METRICS = "bleu,meteor,rouge_l,cider"

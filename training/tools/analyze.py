@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .files import image_files, open_image, write_json_atomically  # noqa: E402
+from ..files import image_files, open_image, write_json_atomically  # noqa: E402
 from .visualize import save_figure_atomically, unnormalize  # noqa: E402
 
 
@@ -272,7 +272,7 @@ def analyze(
 
 def analyze_saved_model(model_dir: str, paths: list[str], out_dir: str, **kwargs) -> dict:
     """`analyze` for `leanvision analyze`: loads the QVision model and processor saved in `model_dir`."""
-    from .families import load_saved
+    from ..families import load_saved
 
     family, model, processor = load_saved(model_dir)
     if family.name != "qvision_multimodel":

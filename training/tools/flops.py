@@ -2,8 +2,8 @@
 
 import torch
 
-from ..configuration.configuration_dtp_vit import DTPViTConfig
-from ..modeling.modeling_dtp_vit import DTPViTModel
+from ...configuration.configuration_dtp_vit import DTPViTConfig
+from ...modeling.modeling_dtp_vit import DTPViTModel
 
 # fvcore GMACs the seed project reports for ViT-B/32 widths (2x, 4x, 10x compression).
 SEED_GMACS = {0.5: 2.69, 0.25: 1.83, 0.1: 1.26}

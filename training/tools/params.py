@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from .callbacks import FreezingSchedule, base_trainable_names
+from ..callbacks import FreezingSchedule, base_trainable_names
 
 
 def build_on_meta(config, model_class) -> nn.Module:
@@ -46,7 +46,7 @@ def _model_type(config_path: str) -> str:
 
 
 def _family_model_class(model_type: str):
-    from .families import FAMILIES
+    from ..families import FAMILIES
 
     for family in FAMILIES.values():
         if family.config_class.model_type == model_type:
@@ -145,8 +145,8 @@ def params_report(model_path: str | None = None, recipe_path: str | None = None)
     Markdown for `leanvision params`: the saved model at `model_path` (its family from config.json), else the
     seed-size QVision (CLIP ViT-B/32 + GPT-Neo-125M widths), with a column per freezing phase of `recipe_path`.
     """
-    from ..configuration.configuration_qvision import QVisionConfig
-    from ..modeling.modeling_qvision import QVisionForConditionalGeneration
+    from ...configuration.configuration_qvision import QVisionConfig
+    from ...modeling.modeling_qvision import QVisionForConditionalGeneration
 
     schedule = recipe_schedule(recipe_path) if recipe_path else None
     if model_path:
