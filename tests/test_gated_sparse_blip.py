@@ -602,3 +602,25 @@ def test_processor_requires_a_bos_token():
     tokenizer = BertTokenizer(vocab={word: index for index, word in enumerate(WORDS)})
     with pytest.raises(ValueError, match="bos_token"):
         GatedSparseBlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def test_coco30k_recipe_accepts_the_largest_dataset_buckets():
+    """coco30k stores SDXL latents in aspect-ratio buckets of at most 1024 latent positions, from 512x128 px to
+    128x512 px (the dataset's folders): 64x16 and 16x64 latents must fit the recipe's `max_latent_size`."""
+    import os
+
+    import yaml
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "recipes",
+                          "gated_sparse_blip_coco30k.yaml")
+    with open(recipe) as f:
+        overrides = yaml.safe_load(f)["config_overrides"]
+    model = tiny_model(max_latent_size=tuple(overrides["max_latent_size"]),
+                       latent_patch_size=overrides["latent_patch_size"])
+    singles = [torch.randn(4, 64, 16), torch.randn(4, 16, 64), torch.randn(4, 32, 32)]
+    latents, latent_mask = GatedSparseBlipProcessor.pad_latents(singles)
+    with torch.no_grad():
+        batched = model(latents=latents, latent_mask=latent_mask, input_ids=caption_ids(batch=3)).logits
+        for i, single in enumerate(singles):
+            alone = model(latents=single[None], input_ids=caption_ids(batch=3)[i : i + 1]).logits
+            torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-4, rtol=0)
