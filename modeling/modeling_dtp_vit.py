@@ -230,78 +230,6 @@ class BinomialBoundaryLoss(nn.Module):
         return -binomial.log_prob(boundaries.float().sum(dim=-1)).mean() / num_tokens
 
 
-def _square_side(value, name: str) -> int:
-    """CLIP configs allow (height, width) sizes; DTP-ViT needs square ones."""
-    if isinstance(value, int):
-        return value
-    height, width = value
-    if height != width:
-        raise ValueError(f"DTP-ViT needs a square {name}, the CLIP checkpoint has {tuple(value)}")
-    return int(height)
-
-
-def dtp_vit_config_from_clip_vision(clip_vision_config, **overrides) -> DTPViTConfig:
-    """A DTPViTConfig with the widths of a transformers `CLIPVisionConfig`, CLIP's layers split into pre + shortened.
-
-    Fixed by the checkpoint (an override to another value raises ValueError): sizes, widths, activation, norm eps,
-    attention dropout, `pre_layernorm=True`. `pooler_type` defaults to `"cls"` (CLIP pools the CLS token).
-    `num_pre_layers` defaults to 2 (or fewer layers, if CLIP has fewer) and `num_shortened_layers` to the rest; their
-    sum must equal CLIP's layer count. Any other DTPViTConfig field (compression_rate, ...) may be overridden.
-    """
-    fixed = {
-        "image_size": _square_side(clip_vision_config.image_size, "image_size"),
-        "patch_size": _square_side(clip_vision_config.patch_size, "patch_size"),
-        "num_channels": clip_vision_config.num_channels,
-        "hidden_size": clip_vision_config.hidden_size,
-        "num_attention_heads": clip_vision_config.num_attention_heads,
-        "intermediate_size": clip_vision_config.intermediate_size,
-        "hidden_act": clip_vision_config.hidden_act,
-        "layer_norm_eps": clip_vision_config.layer_norm_eps,
-        "attention_probs_dropout_prob": float(clip_vision_config.attention_dropout),
-        "pre_layernorm": True,
-    }
-    overrides = dict(overrides)
-    for key, value in fixed.items():
-        if key in overrides and overrides[key] != value:
-            raise ValueError(
-                f"{key} is fixed by the CLIP checkpoint ({value!r}), cannot override it with {overrides[key]!r}"
-            )
-    num_layers = clip_vision_config.num_hidden_layers
-    num_pre = overrides.pop("num_pre_layers", min(2, num_layers))
-    num_shortened = overrides.pop("num_shortened_layers", num_layers - num_pre)
-    if num_pre + num_shortened != num_layers:
-        raise ValueError(
-            f"num_pre_layers ({num_pre}) + num_shortened_layers ({num_shortened}) must equal the CLIP checkpoint's "
-            f"num_hidden_layers ({num_layers})"
-        )
-    values = {"pooler_type": "cls", "initializer_range": clip_vision_config.initializer_range, **fixed}
-    values.update(overrides, num_pre_layers=num_pre, num_shortened_layers=num_shortened)
-    return DTPViTConfig(**values)
-
-
-def load_clip_vision_weights(model: "DTPViTModel", clip_vision: nn.Module) -> None:
-    """Copies a transformers `CLIPVisionModel`'s weights into `model` (built by `dtp_vit_config_from_clip_vision`).
-
-    CLIP layer i goes to `pre_layers[i]` for i < num_pre_layers, else to `shortened_layers[i - num_pre_layers]`; the
-    patch-embedding bias (CLIP has none) is zeroed; the boundary predictor keeps its fresh initialisation.
-    """
-    num_pre = model.config.num_pre_layers
-    mapped = {}
-    for key, value in clip_vision.state_dict().items():
-        if key.startswith("encoder.layers."):
-            index, rest = key[len("encoder.layers.") :].split(".", 1)
-            index = int(index)
-            key = f"pre_layers.{index}.{rest}" if index < num_pre else f"shortened_layers.{index - num_pre}.{rest}"
-        elif key == "embeddings.position_embedding.weight":
-            key, value = "embeddings.position_embedding", value.unsqueeze(0)
-        mapped[key] = value
-    mapped["embeddings.patch_embedding.bias"] = torch.zeros_like(model.embeddings.patch_embedding.bias)
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    missing = [key for key in missing if not key.startswith("boundary_predictor.")]
-    if missing or unexpected:
-        raise ValueError(f"CLIP vision weights do not fit DTP-ViT: missing {missing}, unexpected {unexpected}")
-
-
 class DTPViTPreTrainedModel(PreTrainedModel):
     config_class = DTPViTConfig
     base_model_prefix = "dtp_vit"
@@ -500,6 +428,78 @@ class DTPViTForImageClassification(DTPViTPreTrainedModel):
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+
+def _square_side(value, name: str) -> int:
+    """CLIP configs allow (height, width) sizes; DTP-ViT needs square ones."""
+    if isinstance(value, int):
+        return value
+    height, width = value
+    if height != width:
+        raise ValueError(f"DTP-ViT needs a square {name}, the CLIP checkpoint has {tuple(value)}")
+    return int(height)
+
+
+def dtp_vit_config_from_clip_vision(clip_vision_config, **overrides) -> DTPViTConfig:
+    """A DTPViTConfig with the widths of a transformers `CLIPVisionConfig`, CLIP's layers split into pre + shortened.
+
+    Fixed by the checkpoint (an override to another value raises ValueError): sizes, widths, activation, norm eps,
+    attention dropout, `pre_layernorm=True`. `pooler_type` defaults to `"cls"` (CLIP pools the CLS token).
+    `num_pre_layers` defaults to 2 (or fewer layers, if CLIP has fewer) and `num_shortened_layers` to the rest; their
+    sum must equal CLIP's layer count. Any other DTPViTConfig field (compression_rate, ...) may be overridden.
+    """
+    fixed = {
+        "image_size": _square_side(clip_vision_config.image_size, "image_size"),
+        "patch_size": _square_side(clip_vision_config.patch_size, "patch_size"),
+        "num_channels": clip_vision_config.num_channels,
+        "hidden_size": clip_vision_config.hidden_size,
+        "num_attention_heads": clip_vision_config.num_attention_heads,
+        "intermediate_size": clip_vision_config.intermediate_size,
+        "hidden_act": clip_vision_config.hidden_act,
+        "layer_norm_eps": clip_vision_config.layer_norm_eps,
+        "attention_probs_dropout_prob": float(clip_vision_config.attention_dropout),
+        "pre_layernorm": True,
+    }
+    overrides = dict(overrides)
+    for key, value in fixed.items():
+        if key in overrides and overrides[key] != value:
+            raise ValueError(
+                f"{key} is fixed by the CLIP checkpoint ({value!r}), cannot override it with {overrides[key]!r}"
+            )
+    num_layers = clip_vision_config.num_hidden_layers
+    num_pre = overrides.pop("num_pre_layers", min(2, num_layers))
+    num_shortened = overrides.pop("num_shortened_layers", num_layers - num_pre)
+    if num_pre + num_shortened != num_layers:
+        raise ValueError(
+            f"num_pre_layers ({num_pre}) + num_shortened_layers ({num_shortened}) must equal the CLIP checkpoint's "
+            f"num_hidden_layers ({num_layers})"
+        )
+    values = {"pooler_type": "cls", "initializer_range": clip_vision_config.initializer_range, **fixed}
+    values.update(overrides, num_pre_layers=num_pre, num_shortened_layers=num_shortened)
+    return DTPViTConfig(**values)
+
+
+def load_clip_vision_weights(model: "DTPViTModel", clip_vision: nn.Module) -> None:
+    """Copies a transformers `CLIPVisionModel`'s weights into `model` (built by `dtp_vit_config_from_clip_vision`).
+
+    CLIP layer i goes to `pre_layers[i]` for i < num_pre_layers, else to `shortened_layers[i - num_pre_layers]`; the
+    patch-embedding bias (CLIP has none) is zeroed; the boundary predictor keeps its fresh initialisation.
+    """
+    num_pre = model.config.num_pre_layers
+    mapped = {}
+    for key, value in clip_vision.state_dict().items():
+        if key.startswith("encoder.layers."):
+            index, rest = key[len("encoder.layers.") :].split(".", 1)
+            index = int(index)
+            key = f"pre_layers.{index}.{rest}" if index < num_pre else f"shortened_layers.{index - num_pre}.{rest}"
+        elif key == "embeddings.position_embedding.weight":
+            key, value = "embeddings.position_embedding", value.unsqueeze(0)
+        mapped[key] = value
+    mapped["embeddings.patch_embedding.bias"] = torch.zeros_like(model.embeddings.patch_embedding.bias)
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    missing = [key for key in missing if not key.startswith("boundary_predictor.")]
+    if missing or unexpected:
+        raise ValueError(f"CLIP vision weights do not fit DTP-ViT: missing {missing}, unexpected {unexpected}")
 
 
 __all__ = [

@@ -89,28 +89,50 @@ class GatedSparseBlipForConditionalGenerationOutput(ModelOutput):
     gate_values: tuple[torch.FloatTensor, ...] | None = None
 
 
-def latent_mask_to_patch_mask(latent_mask: torch.Tensor, patch_size: int) -> torch.BoolTensor:
-    """
-    Turn a latent-resolution mask `(batch, height, width)` (1 = real latent, 0 = padding) into a per-token mask
-    `(batch, (height / patch_size) * (width / patch_size))`, row-major like the patch embedding. Padding must cover
-    whole patches, and every sample needs at least one real patch.
-    """
-    if latent_mask.ndim != 3:
-        raise ValueError(f"`latent_mask` must have shape (batch, height, width), got {tuple(latent_mask.shape)}.")
-    batch, height, width = latent_mask.shape
-    if height % patch_size or width % patch_size:
-        raise ValueError(
-            f"`latent_mask` height and width must be multiples of latent_patch_size={patch_size}, "
-            f"got {(height, width)}."
+class GatedSparseBlipLatentEmbeddings(nn.Module):
+    """`latents * vae_scaling_factor` -> Conv2d patches (row-major tokens) + 2-D sin-cos positions of their grid."""
+
+    def __init__(self, config: GatedSparseBlipConfig):
+        super().__init__()
+        self.embed_dim = config.vision_hidden_size
+        self.scaling_factor = config.vae_scaling_factor
+        patch_size = config.latent_patch_size
+        self.patch_embedding = nn.Conv2d(
+            config.latent_channels, self.embed_dim, kernel_size=patch_size, stride=patch_size
         )
-    patches = latent_mask.bool().reshape(batch, height // patch_size, patch_size, width // patch_size, patch_size)
-    patch_mask = patches.all(dim=4).all(dim=2)
-    if not torch.equal(patch_mask, patches.any(dim=4).any(dim=2)):
-        raise ValueError("`latent_mask` must be constant inside every latent patch (pad whole patches).")
-    patch_mask = patch_mask.reshape(batch, -1)
-    if not patch_mask.any(dim=-1).all():
-        raise ValueError("`latent_mask` marks every position of a sample as padding.")
-    return patch_mask
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        target_dtype = self.patch_embedding.weight.dtype
+        patch_embeds = self.patch_embedding(latents.to(target_dtype) * self.scaling_factor)
+        grid_height, grid_width = patch_embeds.shape[-2:]
+        patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
+        positions = sincos_2d_position_embedding(
+            grid_height, grid_width, self.embed_dim, device=patch_embeds.device, dtype=target_dtype
+        )
+        return patch_embeds + positions
+
+
+class GatedSparseBlipTextEmbeddings(nn.Module):
+    """BLIP text embeddings: word + absolute position (offset by the cached length), LayerNorm, dropout."""
+
+    def __init__(self, text_config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            text_config.vocab_size, text_config.hidden_size, padding_idx=text_config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(text_config.max_position_embeddings, text_config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(text_config.hidden_size, eps=text_config.layer_norm_eps)
+        self.dropout = nn.Dropout(text_config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.LongTensor, past_length: int = 0) -> torch.Tensor:
+        end = past_length + input_ids.shape[1]
+        if end > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"Sequence length {end} exceeds max_position_embeddings={self.position_embeddings.num_embeddings}."
+            )
+        positions = torch.arange(past_length, end, device=input_ids.device)
+        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+        return self.dropout(self.LayerNorm(embeddings))
 
 
 class TopKSparseAttention(nn.Module):
@@ -170,49 +192,6 @@ class TopKSparseAttention(nn.Module):
         )
 
 
-class TokenGate(nn.Module):
-    r"""
-    Soft token gate: one importance score per token that scales, never drops, the token.
-
-        g = sigmoid(W_2 Dropout(GELU(W_1 h + b_1)) + b_2),   W_1: D -> D/2,  W_2: D/2 -> 1
-        h <- g * h
-    """
-
-    def __init__(self, hidden_size: int, dropout: float):
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, hidden_size // 2)
-        self.act = nn.GELU()
-        self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden_size // 2, 1)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Returns the gate values `(batch, sequence, 1)`."""
-        return torch.sigmoid(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
-
-
-class GatedSparseBlipLatentEmbeddings(nn.Module):
-    """`latents * vae_scaling_factor` -> Conv2d patches (row-major tokens) + 2-D sin-cos positions of their grid."""
-
-    def __init__(self, config: GatedSparseBlipConfig):
-        super().__init__()
-        self.embed_dim = config.vision_hidden_size
-        self.scaling_factor = config.vae_scaling_factor
-        patch_size = config.latent_patch_size
-        self.patch_embedding = nn.Conv2d(
-            config.latent_channels, self.embed_dim, kernel_size=patch_size, stride=patch_size
-        )
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        target_dtype = self.patch_embedding.weight.dtype
-        patch_embeds = self.patch_embedding(latents.to(target_dtype) * self.scaling_factor)
-        grid_height, grid_width = patch_embeds.shape[-2:]
-        patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
-        positions = sincos_2d_position_embedding(
-            grid_height, grid_width, self.embed_dim, device=patch_embeds.device, dtype=target_dtype
-        )
-        return patch_embeds + positions
-
-
 class GatedSparseBlipVisionAttention(nn.Module):
     """BLIP vision multi-head self-attention (fused qkv) through the config's attention function, padded keys masked."""
 
@@ -245,79 +224,6 @@ class GatedSparseBlipVisionAttention(nn.Module):
             **kwargs,
         )
         return self.projection(context.reshape(*hidden_states.shape[:-1], -1)), probs
-
-
-class GatedSparseBlipVisionMLP(nn.Module):
-    def __init__(self, config: GatedSparseBlipConfig):
-        super().__init__()
-        self.activation_fn = ACT2FN[config.vision_hidden_act]
-        self.fc1 = nn.Linear(config.vision_hidden_size, config.vision_intermediate_size)
-        self.fc2 = nn.Linear(config.vision_intermediate_size, config.vision_hidden_size)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
-
-
-class GatedSparseBlipVisionLayer(GradientCheckpointingLayer):
-    """Pre-LN encoder layer: `h = h + Attn(LN(h))`, `h = h + MLP(LN(h))` (dropout on both branches)."""
-
-    def __init__(self, config: GatedSparseBlipConfig):
-        super().__init__()
-        self.self_attn = GatedSparseBlipVisionAttention(config)
-        self.layer_norm1 = nn.LayerNorm(config.vision_hidden_size, eps=config.layer_norm_eps)
-        self.mlp = GatedSparseBlipVisionMLP(config)
-        self.layer_norm2 = nn.LayerNorm(config.vision_hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        attn_output, _ = self.self_attn(self.layer_norm1(hidden_states), attention_mask)
-        hidden_states = hidden_states + self.dropout(attn_output)
-        return hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
-
-
-class GatedSparseBlipLatentEncoder(nn.Module):
-    """Latent patch embeddings -> pre-LN layers -> LayerNorm; padded tokens are masked keys and zeroed outputs."""
-
-    def __init__(self, config: GatedSparseBlipConfig):
-        super().__init__()
-        self.embeddings = GatedSparseBlipLatentEmbeddings(config)
-        self.layers = nn.ModuleList(
-            [GatedSparseBlipVisionLayer(config) for _ in range(config.vision_num_hidden_layers)]
-        )
-        self.post_layernorm = nn.LayerNorm(config.vision_hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, latents: torch.Tensor, patch_mask: torch.BoolTensor | None = None) -> torch.Tensor:
-        hidden_states = self.embeddings(latents)
-        key_mask = None if patch_mask is None else additive_mask(patch_mask[:, None, None, :], hidden_states.dtype)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, key_mask)
-        hidden_states = self.post_layernorm(hidden_states)
-        if patch_mask is not None:
-            hidden_states = hidden_states * patch_mask[..., None].to(hidden_states.dtype)
-        return hidden_states
-
-
-class GatedSparseBlipTextEmbeddings(nn.Module):
-    """BLIP text embeddings: word + absolute position (offset by the cached length), LayerNorm, dropout."""
-
-    def __init__(self, text_config):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(
-            text_config.vocab_size, text_config.hidden_size, padding_idx=text_config.pad_token_id
-        )
-        self.position_embeddings = nn.Embedding(text_config.max_position_embeddings, text_config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(text_config.hidden_size, eps=text_config.layer_norm_eps)
-        self.dropout = nn.Dropout(text_config.hidden_dropout_prob)
-
-    def forward(self, input_ids: torch.LongTensor, past_length: int = 0) -> torch.Tensor:
-        end = past_length + input_ids.shape[1]
-        if end > self.position_embeddings.num_embeddings:
-            raise ValueError(
-                f"Sequence length {end} exceeds max_position_embeddings={self.position_embeddings.num_embeddings}."
-            )
-        positions = torch.arange(past_length, end, device=input_ids.device)
-        embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
-        return self.dropout(self.LayerNorm(embeddings))
 
 
 class GatedSparseBlipTextSelfAttention(nn.Module):
@@ -399,6 +305,34 @@ class GatedSparseBlipTextAttention(nn.Module):
         return self.output(context, hidden_states), probs
 
 
+class GatedSparseBlipVisionMLP(nn.Module):
+    def __init__(self, config: GatedSparseBlipConfig):
+        super().__init__()
+        self.activation_fn = ACT2FN[config.vision_hidden_act]
+        self.fc1 = nn.Linear(config.vision_hidden_size, config.vision_intermediate_size)
+        self.fc2 = nn.Linear(config.vision_intermediate_size, config.vision_hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class GatedSparseBlipVisionLayer(GradientCheckpointingLayer):
+    """Pre-LN encoder layer: `h = h + Attn(LN(h))`, `h = h + MLP(LN(h))` (dropout on both branches)."""
+
+    def __init__(self, config: GatedSparseBlipConfig):
+        super().__init__()
+        self.self_attn = GatedSparseBlipVisionAttention(config)
+        self.layer_norm1 = nn.LayerNorm(config.vision_hidden_size, eps=config.layer_norm_eps)
+        self.mlp = GatedSparseBlipVisionMLP(config)
+        self.layer_norm2 = nn.LayerNorm(config.vision_hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        attn_output, _ = self.self_attn(self.layer_norm1(hidden_states), attention_mask)
+        hidden_states = hidden_states + self.dropout(attn_output)
+        return hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
+
+
 class GatedSparseBlipTextIntermediate(nn.Module):
     def __init__(self, text_config):
         super().__init__()
@@ -464,6 +398,72 @@ class GatedSparseBlipTextLayer(GradientCheckpointingLayer):
         )
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return layer_output, self_probs, cross_probs, gate
+
+
+class TokenGate(nn.Module):
+    r"""
+    Soft token gate: one importance score per token that scales, never drops, the token.
+
+        g = sigmoid(W_2 Dropout(GELU(W_1 h + b_1)) + b_2),   W_1: D -> D/2,  W_2: D/2 -> 1
+        h <- g * h
+    """
+
+    def __init__(self, hidden_size: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, hidden_size // 2)
+        self.act = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden_size // 2, 1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Returns the gate values `(batch, sequence, 1)`."""
+        return torch.sigmoid(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
+
+
+def latent_mask_to_patch_mask(latent_mask: torch.Tensor, patch_size: int) -> torch.BoolTensor:
+    """
+    Turn a latent-resolution mask `(batch, height, width)` (1 = real latent, 0 = padding) into a per-token mask
+    `(batch, (height / patch_size) * (width / patch_size))`, row-major like the patch embedding. Padding must cover
+    whole patches, and every sample needs at least one real patch.
+    """
+    if latent_mask.ndim != 3:
+        raise ValueError(f"`latent_mask` must have shape (batch, height, width), got {tuple(latent_mask.shape)}.")
+    batch, height, width = latent_mask.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"`latent_mask` height and width must be multiples of latent_patch_size={patch_size}, "
+            f"got {(height, width)}."
+        )
+    patches = latent_mask.bool().reshape(batch, height // patch_size, patch_size, width // patch_size, patch_size)
+    patch_mask = patches.all(dim=4).all(dim=2)
+    if not torch.equal(patch_mask, patches.any(dim=4).any(dim=2)):
+        raise ValueError("`latent_mask` must be constant inside every latent patch (pad whole patches).")
+    patch_mask = patch_mask.reshape(batch, -1)
+    if not patch_mask.any(dim=-1).all():
+        raise ValueError("`latent_mask` marks every position of a sample as padding.")
+    return patch_mask
+
+
+class GatedSparseBlipLatentEncoder(nn.Module):
+    """Latent patch embeddings -> pre-LN layers -> LayerNorm; padded tokens are masked keys and zeroed outputs."""
+
+    def __init__(self, config: GatedSparseBlipConfig):
+        super().__init__()
+        self.embeddings = GatedSparseBlipLatentEmbeddings(config)
+        self.layers = nn.ModuleList(
+            [GatedSparseBlipVisionLayer(config) for _ in range(config.vision_num_hidden_layers)]
+        )
+        self.post_layernorm = nn.LayerNorm(config.vision_hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, latents: torch.Tensor, patch_mask: torch.BoolTensor | None = None) -> torch.Tensor:
+        hidden_states = self.embeddings(latents)
+        key_mask = None if patch_mask is None else additive_mask(patch_mask[:, None, None, :], hidden_states.dtype)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, key_mask)
+        hidden_states = self.post_layernorm(hidden_states)
+        if patch_mask is not None:
+            hidden_states = hidden_states * patch_mask[..., None].to(hidden_states.dtype)
+        return hidden_states
 
 
 class GatedSparseBlipTextModel(nn.Module):
