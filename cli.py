@@ -16,7 +16,7 @@ def _cmd_ablate(args) -> int:
 
 
 def _decoding(args) -> dict:
-    from .training.task_captioning import decoding_kwargs
+    from .training.inference import decoding_kwargs
 
     return decoding_kwargs(args.greedy, args.beams, args.temperature, args.max_new_tokens)
 
@@ -25,7 +25,7 @@ def _cmd_caption(args) -> int:
     import torch
 
     from .training.files import image_files, open_image
-    from .training.task_captioning import caption_images, load_captioner
+    from .training.inference import caption_images, load_captioner
 
     generation_kwargs = _decoding(args)
     files = image_files(args.paths)
@@ -42,7 +42,7 @@ def _cmd_evaluate(args) -> int:
     from .training.files import write_json_atomically
 
     if family_of_model_dir(args.model_dir).task == "contrastive":
-        from .training.task_contrastive import evaluate_zero_shot
+        from .training.evaluation.zero_shot import evaluate_zero_shot
 
         report = evaluate_zero_shot(
             args.model_dir, args.dataset, split=args.split, template=args.template, label_column=args.label_column,
@@ -50,7 +50,7 @@ def _cmd_evaluate(args) -> int:
             config_name=args.dataset_config,
         )
     else:
-        from .training.task_captioning import evaluate_captioner
+        from .training.evaluation.captions import evaluate_captioner
 
         report = evaluate_captioner(
             args.model_dir, args.dataset, split=args.split, max_samples=args.max_samples, metrics=args.metrics,

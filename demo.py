@@ -10,11 +10,11 @@ import time
 from PIL import Image
 
 from .hub_cards.export import export_model
-from .training.data import digits_dataset
+from .training.data.digits import digits_dataset
+from .training.data.shapes import class_names, shapes_splits
 from .training.families import get_family
-from .training.shapes import class_names, shapes_splits
-from .training.train import main as train_main
 from .training.tools.visualize import visualize_boundaries
+from .training.train import main as train_main
 
 RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "training", "recipes")
 

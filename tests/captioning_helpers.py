@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from leanvision.training.families import get_family
-from leanvision.training.shapes import make_shapes_dataset
+from leanvision.training.data.shapes import make_shapes_dataset
 
 # 32x32 images -> a 3-level random VAE -> 4x8x8 latents -> 2x2 patches: 16 latent tokens.
 TINY_VAE = dict(

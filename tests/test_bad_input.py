@@ -22,10 +22,10 @@ from leanvision.modeling.modeling_dtp_vit import DTPViTForImageClassification
 from leanvision.processing.processing_dtp_clip import DTPCLIPProcessor
 from leanvision.processing.processing_dtp_vit import build_image_processor
 from leanvision.processing.processing_qvision import QVisionProcessor
-from leanvision.training.captioning_data import word_level_tokenizer
+from leanvision.training.data.tokenizers import word_level_tokenizer
 from leanvision.hub_cards.export import export_model
 from leanvision.training.files import open_image
-from leanvision.training.task_contrastive import char_tokenizer
+from leanvision.training.data.tokenizers import char_tokenizer
 from leanvision.training.train import parse_args
 
 LONG_CAPTION = "a red circle " * 770  # 10,010 characters

@@ -13,9 +13,9 @@ from pycocoevalcap.spice import spice as spice_module
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 import leanvision.training
-from leanvision.training.shapes import make_shapes_dataset
+from leanvision.training.data.shapes import make_shapes_dataset
 
-METRIC_DIR = Path(leanvision.training.__file__).parent / "metrics" / "caption_metrics"
+METRIC_DIR = Path(leanvision.training.__file__).parent / "evaluation" / "caption_metrics"
 FAST = ["bleu", "rouge_l", "cider"]
 
 

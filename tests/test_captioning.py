@@ -18,19 +18,20 @@ from captioning_helpers import (
 )
 from helpers import launch_two_ranks
 from leanvision.cli import main as cli_main
-from leanvision.training.captioning_data import CaptionCollator, word_level_tokenizer
+from leanvision.training.data.collators import CaptionCollator
+from leanvision.training.data.shapes import make_shapes_dataset, shapes_splits
+from leanvision.training.data.tokenizers import word_level_tokenizer
+from leanvision.training.evaluation.captions import score_captions
 from leanvision.training.families import get_family
 from leanvision.training.files import image_files
-from leanvision.training.shapes import make_shapes_dataset, shapes_splits
-from leanvision.training.task_captioning import (
-    CaptionTrainer,
+from leanvision.training.inference import (
     caption_dataset,
     caption_images,
     decode_captions,
     decoding_kwargs,
     load_captioner,
-    score_captions,
 )
+from leanvision.training.task_captioning import CaptionTrainer
 from leanvision.training.tasks import TASKS
 from leanvision.training.train import main as train_main
 from leanvision.training.train import parse_args

@@ -20,11 +20,11 @@ from leanvision.cli import main as cli_main
 from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
 from leanvision.processing.processing_dtp_clip import DTPCLIPProcessor
 from leanvision.processing.processing_dtp_vit import build_image_processor
-from leanvision.training import shapes
+from leanvision.training.data import shapes
 from leanvision.hub_cards.export import export_model
-from leanvision.training.task_contrastive import char_tokenizer
+from leanvision.training.data.tokenizers import char_tokenizer
 from leanvision.training.train import main as train_main
-from leanvision.training.zero_shot import prompts_for, zero_shot_accuracy
+from leanvision.training.evaluation.zero_shot import prompts_for, zero_shot_accuracy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "training", "recipes", "dtp_clip_shapes.yaml")

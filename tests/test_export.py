@@ -12,7 +12,7 @@ from helpers import run_fresh
 from leanvision import DTPViTConfig, DTPViTForImageClassification
 from leanvision.processing.processing_dtp_vit import build_image_processor
 from leanvision.hub_cards import export as export_module
-from leanvision.training.data import digits_dataset
+from leanvision.training.data.digits import digits_dataset
 from leanvision.hub_cards.export import export_model, flatten_source
 
 LABELS = [str(i) for i in range(10)]

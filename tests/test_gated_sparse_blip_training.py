@@ -5,7 +5,7 @@ import os
 import pytest
 
 from leanvision.training.families import get_family
-from leanvision.training.shapes import shapes_splits
+from leanvision.training.data.shapes import shapes_splits
 from leanvision.training.tasks import TASKS
 from leanvision.training.train import parse_args
 

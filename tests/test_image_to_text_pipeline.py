@@ -14,7 +14,7 @@ from captioning_helpers import save_tiny_captioner
 from helpers import run_fresh
 from leanvision.processing.pipeline_image_to_text import ImageToTextPipeline
 from leanvision.hub_cards.export import export_model
-from leanvision.training.task_captioning import decode_captions
+from leanvision.training.inference import decode_captions
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,10 @@ def test_wheel_holds_only_the_leanvision_namespace_and_installs_standalone(tmp_p
         top = {name.split("/")[0] for name in names}
         assert top == {"leanvision", "leanvision-0.1.0.dist-info"}, top
         for needed in ("leanvision/training/recipes/dtp_vit_digits.yaml",
-                       "leanvision/training/metrics/caption_metrics/caption_metrics.py",
-                       "leanvision/modeling/modeling_dtp_vit.py", "leanvision/cli.py"):
+                       "leanvision/training/evaluation/caption_metrics/caption_metrics.py",
+                       "leanvision/training/data/shapes.py", "leanvision/training/tools/flops.py",
+                       "leanvision/hub_cards/adapter.jinja", "leanvision/hub_cards/space/app.py",
+                       "leanvision/modeling/modeling_dtp_vit.py", "leanvision/cli.py", "leanvision/demo.py"):
             assert needed in names, needed
         assert not any("/tests/" in n or n.startswith("tests/") for n in names)
         zf.extractall(tmp_path / "site")

@@ -17,8 +17,8 @@ from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
 from leanvision.processing.processing_dtp_vit import build_image_processor
 from leanvision.processing.processing_qvision import QVisionProcessor
 from leanvision.hub_cards.export import export_model
-from leanvision.training.shapes import shapes_splits
-from leanvision.training.task_captioning import caption_images, decoding_kwargs
+from leanvision.training.data.shapes import shapes_splits
+from leanvision.training.inference import caption_images, decoding_kwargs
 from leanvision.training.train import main as train_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

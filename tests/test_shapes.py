@@ -4,7 +4,7 @@ import datasets
 import numpy as np
 import pytest
 
-from leanvision.training.shapes import (
+from leanvision.training.data.shapes import (
     BACKGROUND,
     COLORS,
     class_names,

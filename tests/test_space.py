@@ -154,7 +154,7 @@ def save_tiny_exports(root) -> dict:
     from leanvision.processing.processing_dtp_vit import build_image_processor
     from leanvision.hub_cards.export import export_model
     from leanvision.training.families import get_family
-    from leanvision.training.shapes import make_shapes_dataset
+    from leanvision.training.data.shapes import make_shapes_dataset
 
     saved = {}
     torch.manual_seed(0)

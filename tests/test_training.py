@@ -86,7 +86,7 @@ def test_every_shipped_recipe_parses_with_a_known_family_and_valid_freezing(reci
 
 
 def test_training_record_feeds_the_card_without_local_paths(tmp_path):
-    from leanvision.training.data import digits_dataset
+    from leanvision.training.data.digits import digits_dataset
     from leanvision.hub_cards.export import export_model
 
     train_main([RECIPE, "--output_dir", str(tmp_path / "run"), "--max_steps", "2", *FAST])

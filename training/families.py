@@ -19,7 +19,7 @@ from ..processing.processing_dtp_clip import DTPCLIPProcessor
 from ..processing.processing_dtp_vit import build_image_processor
 from ..processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
 from ..processing.processing_qvision import QVisionProcessor
-from .captioning_data import word_level_tokenizer
+from .data.tokenizers import word_level_tokenizer
 
 
 @dataclass(frozen=True)

@@ -2,20 +2,17 @@
 
 A family serves this task with a `Family` entry that gives `build_captioner` (model + processor from the model
 arguments) and, for models that read VAE latents, `latent_inputs=True`. Everything else is common: the data
-(`captioning_data.py`), the collator, and `CaptionTrainer`, which evaluates by generating captions and scoring them
+(`data/captioning.py`), the collator, and `CaptionTrainer`, which evaluates by generating captions and scoring them
 with the caption metric module (BLEU-1..4, ROUGE-L, CIDEr, + METEOR on request) against every reference of an image.
 """
 
 import logging
-import os
 
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
 
-from .captioning_data import (
-    CaptionCollator,
-    EpochCallback,
+from .data.captioning import (
     captions_of,
     check_caption_columns,
     encode_images_to_latents,
@@ -25,61 +22,12 @@ from .captioning_data import (
     references_of,
     with_example_ids,
 )
-from .families import family_of_model_dir, load_saved
+from .data.collators import CaptionCollator, EpochCallback
+from .evaluation.captions import FAST_METRICS, flat_scores, parse_metric_names, score_captions
+from .inference import decode_captions, generation_inputs
 from .trainer import LeanTrainer
 
 logger = logging.getLogger("leanvision.captioning")
-
-METRIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics", "caption_metrics")
-FAST_METRICS = ("bleu", "rouge_l", "cider")
-ALL_METRICS = ("bleu", "meteor", "rouge_l", "cider", "spice")
-TEXT_KEYS = ("input_ids", "attention_mask", "labels", "example_id")
-
-_METRIC = None
-
-
-def caption_metric():
-    """The `evaluate` caption metric module, loaded by path (offline) once per process."""
-    global _METRIC
-    if _METRIC is None:
-        import evaluate
-
-        _METRIC = evaluate.load(METRIC_DIR, keep_in_memory=True)
-    return _METRIC
-
-
-def parse_metric_names(names) -> tuple[str, ...]:
-    """Metric names from a comma-separated string or a sequence, checked against the module's metrics."""
-    names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
-    names = [n for n in names if n]
-    unknown = [n for n in names if n not in ALL_METRICS]
-    if unknown or not names:
-        raise ValueError(f"caption metrics must be a non-empty subset of {list(ALL_METRICS)}, got {names!r}")
-    return tuple(names)
-
-
-def score_captions(predictions: list[str], references: list[list[str]], metrics=FAST_METRICS) -> dict:
-    """COCO caption scores of `predictions` against several `references` each: floats per metric (None for a
-    skipped one) and `skipped` (metric -> reason)."""
-    return caption_metric().compute(predictions=predictions, references=references, metrics=list(metrics))
-
-
-def generation_inputs(batch: dict) -> dict:
-    """The vision inputs of a batch (`pixel_values`, or `latents` + `latent_mask`): everything but the text."""
-    return {key: value for key, value in batch.items() if key not in TEXT_KEYS}
-
-
-def decode_captions(processor, token_ids) -> list[str]:
-    """Generated ids (padding may be -100) to stripped captions without special tokens."""
-    tokenizer = processor.tokenizer
-    ids = np.asarray(token_ids.cpu() if isinstance(token_ids, torch.Tensor) else token_ids)
-    ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
-    return [text.strip() for text in tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
-
-
-def flat_scores(result: dict) -> dict[str, float]:
-    """The numeric entries of a `score_captions` result (skipped metrics and the `skipped` dict left out)."""
-    return {key: float(value) for key, value in result.items() if isinstance(value, (int, float))}
 
 
 class CaptionTrainer(LeanTrainer):
@@ -195,108 +143,3 @@ def setup_captioning(family, model_args, data_args, training_args, overrides: di
             caption_metrics=data_args.caption_metrics,
         ),
     )
-
-
-# --- Inference on saved models: `leanvision caption`, `leanvision evaluate`, the ablation ---------------------------
-
-def load_captioner(model_dir: str):
-    """(family, model in eval mode, processor) of a saved or exported captioning model folder."""
-    family = family_of_model_dir(model_dir)
-    if family.task != "captioning":
-        raise ValueError(f"{model_dir!r} holds a {family.name} model, which does not caption images")
-    return load_saved(model_dir)
-
-
-def decoding_kwargs(greedy: bool = False, beams: int | None = None, temperature: float | None = None,
-                    max_new_tokens: int = 40) -> dict:
-    """`generate()` arguments for one decoding mode: greedy (default), beam search, or temperature sampling."""
-    if sum([bool(greedy), beams is not None, temperature is not None]) > 1:
-        raise ValueError("choose one decoding mode: greedy, beams or temperature")
-    if beams is not None and beams < 1:
-        raise ValueError(f"beams must be at least 1, got {beams}")
-    if temperature is not None and temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1}
-    if beams is not None:
-        kwargs["num_beams"] = beams
-    if temperature is not None:
-        kwargs.update(do_sample=True, temperature=temperature, top_k=0)
-    return kwargs
-
-
-def caption_images(model, processor, images, generation_kwargs: dict, batch_size: int = 16) -> list[str]:
-    """Captions of PIL images: `processor(images=...)` -> `generate()` -> decoded text, batch by batch."""
-    captions = []
-    for start in range(0, len(images), batch_size):
-        chunk = [image.convert("RGB") for image in images[start : start + batch_size]]
-        inputs = processor(images=chunk)
-        with torch.no_grad():
-            captions.extend(decode_captions(processor, model.generate(**inputs, **generation_kwargs)))
-    return captions
-
-
-def caption_dataset(model, processor, dataset, generation_kwargs: dict, image_column: str = "image",
-                    batch_size: int = 32) -> list[str]:
-    """Captions of every row of an image or latent caption dataset, in order."""
-    collator = CaptionCollator(processor, caption_column="", image_column=image_column, max_length=1)
-    captions = []
-    for start in range(0, len(dataset), batch_size):
-        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        with torch.no_grad():
-            generated = model.generate(**collator.vision_inputs(rows), **generation_kwargs)
-        captions.extend(decode_captions(processor, generated))
-    return captions
-
-
-def load_eval_split(dataset_name: str, split: str | None = None, max_samples: int | None = None,
-                    config_name: str | None = None):
-    """An evaluation split: "shapes" (the built-in test split, `max_samples` images, default 200), or a Hub / local
-    dataset's `split` (default: test, else validation, else train), truncated to `max_samples`."""
-    from .data import load_any_dataset
-    from .shapes import shapes_splits
-
-    if dataset_name == "shapes":
-        if split not in (None, "test"):
-            raise ValueError(f"the built-in shapes set is evaluated on its test split, not {split!r}")
-        return shapes_splits(train=0, test=max_samples or 200, seed=0)["test"], "test"
-    data = load_any_dataset(dataset_name, config_name)
-    if split is None:
-        split = next((name for name in ("test", "validation", "train") if name in data), None)
-    if split not in data:
-        raise ValueError(f"dataset {dataset_name!r} has no split {split!r}; splits: {sorted(data)}")
-    evaluation = data[split]
-    if max_samples:
-        evaluation = evaluation.select(range(min(max_samples, len(evaluation))))
-    return evaluation, split
-
-
-def evaluate_captioner(model_dir: str, dataset_name: str, split: str | None = None, max_samples: int | None = None,
-                       metrics=("bleu", "meteor", "rouge_l", "cider", "spice"), generation_kwargs: dict | None = None,
-                       caption_column: str = "caption", references_column: str | None = "captions",
-                       image_column: str = "image", batch_size: int = 32, config_name: str | None = None) -> dict:
-    """Generation-based caption scores of a saved model on a dataset split: a JSON-ready report."""
-    metrics = parse_metric_names(metrics)
-    generation_kwargs = generation_kwargs or decoding_kwargs()
-    family, model, processor = load_captioner(model_dir)
-    evaluation, split = load_eval_split(dataset_name, split, max_samples, config_name)
-    check_caption_columns(evaluation, caption_column, image_column)
-    if is_latent_dataset(evaluation) and not family.latent_inputs:
-        raise ValueError(f"a {family.name} model reads images, but {dataset_name!r} holds VAE latents")
-    references = references_of(evaluation, caption_column, references_column)
-    predictions = caption_dataset(model, processor, evaluation, generation_kwargs, image_column, batch_size)
-    result = score_captions(predictions, references, metrics)
-    return {
-        "model": model_dir,
-        "family": family.name,
-        "dataset": dataset_name,
-        "split": split,
-        "num_samples": len(predictions),
-        "generation": generation_kwargs,
-        "scores": {key: value for key, value in result.items() if key != "skipped"},
-        "skipped": result["skipped"],
-        "examples": [
-            {"prediction": p, "references": r} for p, r in list(zip(predictions, references))[:5]
-        ],
-    }

@@ -6,95 +6,20 @@ dataset with an image and a caption column, or webdataset tar shards (LAION form
 A dataset whose eval split has a ClassLabel `label_column` is also scored zero-shot with `zero_shot_template`.
 """
 
-import glob
 import logging
-import os
 
-from datasets import ClassLabel, load_dataset
-from transformers import AutoTokenizer, CLIPTokenizer
+from transformers import AutoTokenizer
 
 from ..processing.processing_dtp_clip import DTPCLIPProcessor
 from ..processing.processing_dtp_vit import build_image_processor
-from . import shapes
-from .captioning_data import CaptionChoice, EpochCallback, with_example_ids
-from .data import load_any_dataset, split_for_eval
+from .data.captioning import with_example_ids
+from .data.collators import ContrastiveCollator, EpochCallback
+from .data.image_text import load_image_text_splits
+from .data.tokenizers import char_tokenizer
+from .evaluation.zero_shot import zero_shot_accuracy
 from .trainer import LeanTrainer
-from .zero_shot import DEFAULT_TEMPLATE, prompts_for, zero_shot_accuracy
 
 logger = logging.getLogger("leanvision.contrastive")
-
-# Characters of the built-in tokenizer (no download): enough for English captions and prompts.
-_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,'!?:;-"
-_SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
-
-
-def char_tokenizer(max_length: int = 64) -> CLIPTokenizer:
-    """A character-level CLIP tokenizer (no BPE merges: each character with and without CLIP's end-of-word suffix),
-    for DTP-CLIP models trained from scratch. Unknown characters map to `<|endoftext|>`."""
-    tokens = _SPECIALS + list(_CHARS) + [c + "</w>" for c in _CHARS]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=max_length)
-
-
-def _webdataset_shards(name: str) -> list[str]:
-    if os.path.isdir(name):
-        return sorted(glob.glob(os.path.join(name, "*.tar")))
-    return [name] if name.endswith(".tar") else []
-
-
-def load_image_text_splits(data_args, seed: int):
-    """(train, eval, caption column, image column, zero-shot spec or None) for the contrastive task.
-
-    The zero-shot spec is `(label_column, prompts)` for an eval split with class labels.
-    """
-    name = data_args.dataset_name
-    if not name:
-        data = shapes.shapes_splits(
-            train=data_args.max_train_samples or 2000, test=data_args.max_eval_samples or 300, seed=seed,
-            max_objects=1,
-        )
-        prompts = [shapes.prompt(label) for label in shapes.class_names()]
-        return data["train"], data["test"], "captions", "image", ("label_id", prompts)
-    shards = _webdataset_shards(name)
-    data = load_dataset("webdataset", data_files={"train": shards}) if shards else load_any_dataset(
-        name, data_args.dataset_config_name
-    )
-    train, evaluation = split_for_eval(data, data_args.train_split, data_args.eval_split, data_args.eval_fraction,
-                                       seed)
-    if data_args.max_train_samples:
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
-    if data_args.max_eval_samples:
-        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
-    image_col = _column(train, data_args.image_column, ("jpg", "jpeg", "png", "webp"))
-    caption_col = _column(train, data_args.caption_column, ("txt", "text", "caption", "captions"))
-    labels = evaluation.features.get(data_args.label_column)
-    zero_shot = None
-    if isinstance(labels, ClassLabel):
-        zero_shot = (data_args.label_column, prompts_for(labels.names, data_args.zero_shot_template))
-    return train, evaluation, caption_col, image_col, zero_shot
-
-
-def _column(dataset, preferred: str, fallbacks: tuple[str, ...]) -> str:
-    for column in (preferred, *fallbacks):
-        if column in dataset.column_names:
-            return column
-    raise ValueError(f"dataset has no column {preferred!r} (nor {list(fallbacks)}); columns: {dataset.column_names}")
-
-
-class ContrastiveCollator(CaptionChoice):
-    """Image-caption rows -> `pixel_values`, `input_ids`, `attention_mask` and `return_loss=True`. A row with several
-    captions contributes one of them (see [`CaptionChoice`])."""
-
-    def __init__(self, processor, caption_column: str, image_column: str, max_length: int, seed: int = 0):
-        super().__init__(seed)
-        self.processor, self.caption_column, self.image_column = processor, caption_column, image_column
-        self.max_length = max_length
-
-    def __call__(self, rows: list[dict]) -> dict:
-        texts = [self.choose(row[self.caption_column], row.get("example_id")) for row in rows]
-        images = [row[self.image_column].convert("RGB") for row in rows]
-        batch = dict(self.processor(images=images, text=texts, max_length=self.max_length))
-        batch["return_loss"] = True
-        return batch
 
 
 class ContrastiveTrainer(LeanTrainer):
@@ -166,50 +91,3 @@ def setup_contrastive(family, model_args, data_args, training_args, overrides: d
         trainer_class=ContrastiveTrainer,
         trainer_kwargs=dict(zero_shot=zero_shot, image_column=image_col),
     )
-
-
-def evaluate_zero_shot(model_dir: str, dataset_name: str, split: str | None = None, template: str = DEFAULT_TEMPLATE,
-                       label_column: str = "label", image_column: str = "image", max_samples: int | None = None,
-                       batch_size: int = 64, config_name: str | None = None) -> dict:
-    """Zero-shot accuracy of a saved contrastive model on an image classification dataset: a JSON-ready report.
-
-    `dataset_name` "shapes" is the built-in single-object shapes test split (prompts "a photo of a red circle");
-    "digits" is scikit-learn's digits test split; otherwise a Hub / local dataset with a ClassLabel column.
-    """
-    from .data import digits_dataset
-    from .families import family_of_model_dir, load_saved
-
-    family = family_of_model_dir(model_dir)
-    if family.task != "contrastive":
-        raise ValueError(f"{model_dir!r} holds a {family.name} model, which has no text tower for zero-shot use")
-    if dataset_name == "shapes":
-        evaluation = shapes.shapes_splits(train=0, test=max_samples or 300, seed=0, max_objects=1)["test"]
-        split, label_column = "test", "label_id"
-        prompts = [shapes.prompt(label) for label in shapes.class_names()]
-    else:
-        data = digits_dataset() if dataset_name == "digits" else load_any_dataset(dataset_name, config_name)
-        split = split or next((name for name in ("test", "validation", "train") if name in data), None)
-        if split not in data:
-            raise ValueError(f"dataset {dataset_name!r} has no split {split!r}; splits: {sorted(data)}")
-        evaluation = data[split]
-        labels = evaluation.features.get(label_column)
-        if not isinstance(labels, ClassLabel):
-            raise ValueError(
-                f"zero-shot evaluation needs a ClassLabel column {label_column!r}; columns: {evaluation.features}"
-            )
-        prompts = prompts_for(labels.names, template)
-        if max_samples:
-            evaluation = evaluation.select(range(min(max_samples, len(evaluation))))
-    _, model, processor = load_saved(model_dir)
-    scores = zero_shot_accuracy(model, processor, evaluation, prompts, image_column=image_column,
-                                label_column=label_column, batch_size=batch_size)
-    return {
-        "model": os.path.basename(os.path.normpath(model_dir)),
-        "family": family.name,
-        "dataset": dataset_name,
-        "split": split,
-        "num_samples": len(evaluation),
-        "prompts": prompts,
-        "scores": scores,
-        "chance_top1": 1.0 / len(prompts),
-    }

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from ..processing.processing_dtp_vit import build_image_processor
-from .captioning_data import resolve_eval_split
-from .data import digits_dataset, label_names, load_any_dataset, split_for_eval
+from .data.digits import digits_dataset
+from .data.loading import label_names, load_any_dataset, training_splits
 from .task_captioning import setup_captioning as prepare_captioning
 from .task_contrastive import setup_contrastive as prepare_contrastive
 from .trainer import LeanTrainer
@@ -57,22 +57,14 @@ def build_model(family, model_args, **config_kwargs):
 def setup_image_classification(family, model_args, data_args, training_args) -> TaskSetup:
     if data_args.dataset_name:
         data = load_any_dataset(data_args.dataset_name, data_args.dataset_config_name)
-        eval_split = resolve_eval_split(data, data_args.eval_split)
-        train, evaluation = split_for_eval(
-            data, data_args.train_split, eval_split, data_args.eval_fraction, training_args.seed
-        )
     else:
         data = digits_dataset(seed=training_args.seed)
-        train, evaluation = data["train"], data["test"]
+    train, evaluation = training_splits(data, data_args, training_args.seed)
     image_col, label_col = data_args.image_column, data_args.label_column
     for split in (train, evaluation):
         for column in (image_col, label_col):
             if column not in split.column_names:
                 raise ValueError(f"dataset has no column {column!r}; columns: {split.column_names}")
-    if data_args.max_train_samples:
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
-    if data_args.max_eval_samples:
-        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
 
     names = label_names(train, label_col)
     id2label = dict(enumerate(names))

@@ -16,7 +16,7 @@ mkdir -p "$(dirname "$OUT")"
 import os, socket, sys, tempfile, time
 from selenium import webdriver
 from selenium.webdriver.support.ui import WebDriverWait
-from leanvision.training.shapes import class_names, make_shapes_dataset
+from leanvision.training.data.shapes import class_names, make_shapes_dataset
 
 port, out = sys.argv[1], sys.argv[2]
 tmp = tempfile.mkdtemp()

@@ -14,9 +14,9 @@ from itertools import product
 
 import torch
 
-from ..captioning_data import CaptionCollator
-from ..shapes import shapes_splits
-from ..task_captioning import load_captioner
+from ..data.collators import CaptionCollator
+from ..data.shapes import shapes_splits
+from ..inference import load_captioner
 from ..train import load_recipe
 from ..train import main as train_main
 

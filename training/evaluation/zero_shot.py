@@ -1,10 +1,19 @@
-"""Zero-shot image classification with a contrastive model: top-1 / top-5 of prompted class names.
+"""Zero-shot image classification with a contrastive model: top-1 / top-5 of prompted class names, during training
+and in `leanvision evaluate`.
 
 A class `c` is scored by `cos(f_image, f_text(prompt_c))`; the prediction is the best-scoring prompt.
 """
 
+import os
+
 import torch
+from datasets import ClassLabel
 from torch.utils.data import DataLoader
+
+from ..data import shapes
+from ..data.digits import digits_dataset
+from ..data.loading import evaluation_split, first_rows, load_any_dataset
+from ..families import family_of_model_dir, load_saved
 
 DEFAULT_TEMPLATE = "a photo of a {}"
 
@@ -81,3 +90,43 @@ def zero_shot_accuracy(model, processor, dataset, prompts: list[str], image_colu
     if ratios and ratios[0] is not None:
         result["boundary_ratio"] = float(torch.cat(ratios).mean())
     return result
+
+
+def evaluate_zero_shot(model_dir: str, dataset_name: str, split: str | None = None, template: str = DEFAULT_TEMPLATE,
+                       label_column: str = "label", image_column: str = "image", max_samples: int | None = None,
+                       batch_size: int = 64, config_name: str | None = None) -> dict:
+    """Zero-shot accuracy of a saved contrastive model on an image classification dataset: a JSON-ready report.
+
+    `dataset_name` "shapes" is the built-in single-object shapes test split (prompts "a photo of a red circle");
+    "digits" is scikit-learn's digits test split; otherwise a Hub / local dataset with a ClassLabel column.
+    """
+    family = family_of_model_dir(model_dir)
+    if family.task != "contrastive":
+        raise ValueError(f"{model_dir!r} holds a {family.name} model, which has no text tower for zero-shot use")
+    if dataset_name == "shapes":
+        evaluation = shapes.shapes_splits(train=0, test=max_samples or 300, seed=0, max_objects=1)["test"]
+        split, label_column = "test", "label_id"
+        prompts = [shapes.prompt(label) for label in shapes.class_names()]
+    else:
+        data = digits_dataset() if dataset_name == "digits" else load_any_dataset(dataset_name, config_name)
+        evaluation, split = evaluation_split(data, split, dataset_name)
+        labels = evaluation.features.get(label_column)
+        if not isinstance(labels, ClassLabel):
+            raise ValueError(
+                f"zero-shot evaluation needs a ClassLabel column {label_column!r}; columns: {evaluation.features}"
+            )
+        prompts = prompts_for(labels.names, template)
+        evaluation = first_rows(evaluation, max_samples)
+    _, model, processor = load_saved(model_dir)
+    scores = zero_shot_accuracy(model, processor, evaluation, prompts, image_column=image_column,
+                                label_column=label_column, batch_size=batch_size)
+    return {
+        "model": os.path.basename(os.path.normpath(model_dir)),
+        "family": family.name,
+        "dataset": dataset_name,
+        "split": split,
+        "num_samples": len(evaluation),
+        "prompts": prompts,
+        "scores": scores,
+        "chance_top1": 1.0 / len(prompts),
+    }

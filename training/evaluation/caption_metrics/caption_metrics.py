@@ -1,6 +1,6 @@
 """COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) as an `evaluate` module.
 
-Load it offline by path: ``evaluate.load("/abs/path/to/training/metrics/caption_metrics")``.
+Load it offline by path: ``evaluate.load("/abs/path/to/training/evaluation/caption_metrics")``.
 """
 
 import contextlib
@@ -53,7 +53,7 @@ Returns:
         (spice is None when it could not run);
     skipped: dict from metric name to the reason it was not computed (empty when nothing was skipped).
 Examples:
-    >>> metric = evaluate.load("training/metrics/caption_metrics")
+    >>> metric = evaluate.load("training/evaluation/caption_metrics")
     >>> metric.compute(predictions=["a red circle"], references=[["a red circle", "a circle that is red"]],
     ...                metrics=["bleu", "rouge_l"])
 """

@@ -1,0 +1,56 @@
+"""Image-text data for the contrastive task (DTP-CLIP).
+
+Sources: the built-in single-object shapes set (default; every image has five paraphrased captions; zero-shot classes
+are the 18 "<colour> <shape>" names, prompted as "a photo of a red circle"), a Hub or local dataset with an image and
+a caption column, or webdataset tar shards (LAION format: `{key}.jpg` + `{key}.txt`). An eval split with a ClassLabel
+`label_column` is also scored zero-shot with `zero_shot_template`.
+"""
+
+import glob
+import os
+
+from datasets import ClassLabel, load_dataset
+
+from ..evaluation.zero_shot import prompts_for
+from . import shapes
+from .loading import load_any_dataset, training_splits
+
+
+def _webdataset_shards(name: str) -> list[str]:
+    if os.path.isdir(name):
+        return sorted(glob.glob(os.path.join(name, "*.tar")))
+    return [name] if name.endswith(".tar") else []
+
+
+def load_image_text_splits(data_args, seed: int):
+    """(train, eval, caption column, image column, zero-shot spec or None) for the contrastive task.
+
+    The zero-shot spec is `(label_column, prompts)` for an eval split with class labels.
+    """
+    name = data_args.dataset_name
+    if not name:
+        data = shapes.shapes_splits(
+            train=data_args.max_train_samples or 2000, test=data_args.max_eval_samples or 300, seed=seed,
+            max_objects=1,
+        )
+        prompts = [shapes.prompt(label) for label in shapes.class_names()]
+        return data["train"], data["test"], "captions", "image", ("label_id", prompts)
+    shards = _webdataset_shards(name)
+    data = load_dataset("webdataset", data_files={"train": shards}) if shards else load_any_dataset(
+        name, data_args.dataset_config_name
+    )
+    train, evaluation = training_splits(data, data_args, seed)
+    image_col = _column(train, data_args.image_column, ("jpg", "jpeg", "png", "webp"))
+    caption_col = _column(train, data_args.caption_column, ("txt", "text", "caption", "captions"))
+    labels = evaluation.features.get(data_args.label_column)
+    zero_shot = None
+    if isinstance(labels, ClassLabel):
+        zero_shot = (data_args.label_column, prompts_for(labels.names, data_args.zero_shot_template))
+    return train, evaluation, caption_col, image_col, zero_shot
+
+
+def _column(dataset, preferred: str, fallbacks: tuple[str, ...]) -> str:
+    for column in (preferred, *fallbacks):
+        if column in dataset.column_names:
+            return column
+    raise ValueError(f"dataset has no column {preferred!r} (nor {list(fallbacks)}); columns: {dataset.column_names}")
