@@ -28,7 +28,10 @@ class DTPCLIPConfig(PreTrainedConfig):
     model_type = "dtp_clip"
     sub_configs_defaults = {"text_config": CLIPTextConfig, "vision_config": DTPViTConfig}
     # Trainer's evaluation keeps the logits and the per-image boundary ratio.
-    keys_to_ignore_at_inference = ["text_embeds", "image_embeds", "boundaries", "boundary_loss", "contrastive_loss"]
+    keys_to_ignore_at_inference = [
+        "text_embeds", "image_embeds", "boundaries", "boundary_loss", "contrastive_loss", "text_model_output",
+        "vision_model_output",
+    ]
 
     text_config: dict | CLIPTextConfig | None = None
     vision_config: dict | DTPViTConfig | None = None

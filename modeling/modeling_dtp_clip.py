@@ -29,9 +29,13 @@ class DTPCLIPOutput(ModelOutput):
         logits_per_text (`torch.FloatTensor` of shape `(num_texts, num_images)`): `logits_per_image.T`.
         text_embeds (`torch.FloatTensor` of shape `(num_texts, projection_dim)`): L2-normalised text embeddings.
         image_embeds (`torch.FloatTensor` of shape `(num_images, projection_dim)`): L2-normalised image embeddings.
-        boundary_loss (`torch.FloatTensor` scalar): binomial prior loss of the image tower's boundaries.
+        boundary_loss (`torch.FloatTensor` scalar, *optional*, in training or with `return_loss=True`): binomial prior
+            loss of the image tower's boundaries.
         boundary_ratio (`torch.FloatTensor` of shape `(num_images,)`): boundaries per patch for each image.
         boundaries (`torch.FloatTensor` of shape `(num_images, num_patches)`): the image tower's hard boundaries.
+        text_model_output (`BaseModelOutputWithPooling`): the CLIP text tower's output (its `hidden_states` and
+            `attentions` with `output_hidden_states` / `output_attentions`), as in transformers' `CLIPOutput`.
+        vision_model_output (`DTPViTModelOutput`): the image tower's output, likewise.
     """
 
     loss: torch.FloatTensor | None = None
@@ -43,6 +47,14 @@ class DTPCLIPOutput(ModelOutput):
     boundary_loss: torch.FloatTensor | None = None
     boundary_ratio: torch.FloatTensor | None = None
     boundaries: torch.FloatTensor | None = None
+    text_model_output: ModelOutput | None = None
+    vision_model_output: ModelOutput | None = None
+
+    def to_tuple(self) -> tuple:
+        """As `CLIPOutput.to_tuple`: the two tower outputs become tuples too."""
+        return tuple(
+            self[k].to_tuple() if k in ("text_model_output", "vision_model_output") else self[k] for k in self.keys()
+        )
 
 
 class SymmetricInfoNCELoss(nn.Module):
@@ -163,6 +175,8 @@ class DTPCLIPModel(DTPCLIPPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         boundaries: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> DTPCLIPOutput | tuple:
         r"""
@@ -171,13 +185,26 @@ class DTPCLIPModel(DTPCLIPPreTrainedModel):
         attention_mask (`torch.Tensor` of shape `(num_texts, length)`, *optional*): 1 for real tokens, 0 for padding.
         boundaries (`torch.Tensor` of shape `(num_images, num_patches)`, *optional*): forced image boundaries.
         return_loss (`bool`, *optional*): compute `loss` (then texts and images are pairs: equal counts).
+        output_attentions, output_hidden_states (`bool`, *optional*): return both towers' attention maps / hidden
+            states in `vision_model_output` and `text_model_output` (defaults: the config's fields).
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("DTPCLIPModel.forward needs both input_ids and pixel_values")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        vision = self.vision_model(pixel_values, boundaries=boundaries, return_dict=True)
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        vision = self.vision_model(
+            pixel_values, boundaries=boundaries, return_dict=True, return_boundary_loss=True if return_loss else None,
+            **flags,
+        )
+        text = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **flags
+        )
         image_embeds = _l2_normalise(self.visual_projection(vision.pooler_output))
-        text_embeds = self.get_text_features(input_ids, attention_mask, position_ids, normalize=True)
+        text_embeds = _l2_normalise(self.text_projection(text.pooler_output))
 
         logits_per_text = torch.matmul(text_embeds, image_embeds.t()) * self.logit_scale.exp()
         logits_per_image = logits_per_text.t()
@@ -196,6 +223,8 @@ class DTPCLIPModel(DTPCLIPPreTrainedModel):
             boundary_loss=vision.boundary_loss,
             boundary_ratio=vision.boundary_ratio,
             boundaries=vision.boundaries,
+            text_model_output=text,
+            vision_model_output=vision,
         )
         return output if return_dict else output.to_tuple()
 

@@ -34,7 +34,9 @@ class DTPViTModelOutput(ModelOutput):
         boundaries (`torch.FloatTensor` of shape `(batch, num_patches)`): hard boundaries (1 closes a segment),
             straight-through in training.
         segment_mask (`torch.BoolTensor` of shape `(batch, num_segments)`): True for real segments.
-        boundary_loss (`torch.FloatTensor` scalar): binomial prior loss on the boundary counts.
+        boundary_loss (`torch.FloatTensor` scalar, *optional*): binomial prior loss on the boundary counts; in
+            training or with `return_boundary_loss=True` only, so that inference outputs hold no scalar (pipelines
+            split every tensor of a batched output by row).
         boundary_ratio (`torch.FloatTensor` of shape `(batch,)`): boundaries per patch for each image.
     """
 
@@ -240,6 +242,17 @@ class DTPViTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["DTPViTLayer"]
+    # Boundaries are decided in float32 whatever the loading dtype: the patch embedding, the pre-layers and the
+    # predictor stay float32 under `dtype=torch.bfloat16`, only the shortened layers run in the lower precision.
+    # (`position_embedding$` is our parameter; a CLIP text tower's `...position_embedding.weight` is not matched.)
+    _keep_in_fp32_modules_strict = [
+        "embeddings.patch_embedding",
+        "embeddings.class_embedding",
+        "embeddings.position_embedding$",
+        "pre_layrnorm",
+        "pre_layers",
+        "boundary_predictor",
+    ]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -297,11 +310,14 @@ class DTPViTModel(DTPViTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_boundary_loss: bool | None = None,
         **kwargs,
     ) -> DTPViTModelOutput | tuple:
         r"""
         boundaries (`torch.Tensor` of shape `(batch, num_patches)`, *optional*):
             Given boundaries (1 closes a segment) used instead of the predictor's, e.g. to simulate a rate.
+        return_boundary_loss (`bool`, *optional*):
+            Compute the scalar `boundary_loss`; defaults to `self.training`.
         """
         if pixel_values is None:
             raise ValueError("DTPViTModel needs pixel_values")
@@ -341,17 +357,21 @@ class DTPViTModel(DTPViTPreTrainedModel):
         else:
             boundaries = torch.ones(batch, num_patches, dtype=patches.dtype, device=patches.device)
 
-        if self.pools or not bool((boundaries == 1).all()):
+        pooling = self.pools or not bool((boundaries == 1).all())
+        if pooling:
             segments, segment_mask = self.segment_pooling(patches, boundaries)
-            boundary_loss = self.boundary_loss_fn(boundaries)
         else:
             segments = patches
             segment_mask = torch.ones(batch, num_patches, dtype=torch.bool, device=patches.device)
-            boundary_loss = patches.new_zeros(())
+        boundary_loss = None
+        if self.training if return_boundary_loss is None else return_boundary_loss:
+            boundary_loss = self.boundary_loss_fn(boundaries) if pooling else patches.new_zeros(())
+        # From here on the compute dtype of the shortened layers (see `_keep_in_fp32_modules_strict`).
+        hidden = torch.cat([cls, segments], dim=1).to(self.post_layernorm.weight.dtype)
         key_mask = torch.cat([segment_mask.new_ones(batch, 1), segment_mask], dim=1)
         # Padded segments are masked keys; with nothing padded, no mask lets SDPA take its fastest kernel.
         attention_mask = None if bool(key_mask.all()) else additive_mask(key_mask[:, None, None, :], hidden.dtype)
-        hidden = run(self.shortened_layers, torch.cat([cls, segments], dim=1), attention_mask)
+        hidden = run(self.shortened_layers, hidden, attention_mask)
         hidden = self.post_layernorm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)
@@ -406,6 +426,7 @@ class DTPViTForImageClassification(DTPViTPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            return_boundary_loss=True if labels is not None else None,
         )
         logits = self.classifier(outputs.pooler_output)
         loss = None

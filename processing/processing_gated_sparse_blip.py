@@ -1,29 +1,11 @@
 """Processor for GatedSparseBlip: images for the VAE, padded latent batches and BLIP-style caption tokens."""
 
-import logging
-
 import torch
 from transformers import AutoTokenizer, BlipImageProcessorPil
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-logger = logging.getLogger(__name__)
-
-
-# Shared by the three processors of this package; remote-code bundles are flat, so each file carries its own copy.
-def check_images(images) -> None:
-    """Rejects an empty list of images (the image processor would silently return an empty batch)."""
-    if isinstance(images, (list, tuple)) and len(images) == 0:
-        raise ValueError("`images` is an empty list: pass at least one image.")
-
-
-def warn_if_truncated(tokenizer, texts: list[str], limit: int | None) -> None:
-    """Logs a warning when a text is longer than `limit` tokens, so that truncation is never silent."""
-    if not limit or max(len(text.encode()) for text in texts) + 2 <= limit:  # every token covers a byte or more
-        return
-    longest = max(len(ids) for ids in tokenizer(texts)["input_ids"])
-    if longest > limit:
-        logger.warning("a text of %d tokens is truncated to the %d-token limit", longest, limit)
+from .processing_common import check_images, warn_if_truncated
 
 
 class GatedSparseBlipProcessor(ProcessorMixin):

@@ -99,7 +99,7 @@ def test_compression_one_is_a_dense_vit():
     model = DTPViTModel(tiny_config(compression_rate=1.0)).eval()
     assert model.boundary_predictor is None
     x = torch.randn(2, 3, 16, 16)
-    out = model(x)
+    out = model(x, return_boundary_loss=True)
     assert out.segment_mask.all() and out.boundary_loss.item() == 0.0
     # Explicit all-ones boundaries on a pooling model give the same computation as no pooling.
     pooled_model = DTPViTModel(tiny_config(compression_rate=0.5)).eval()
