@@ -10,6 +10,8 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from ..training.arguments import TRAINING_RECORD
+
 TEMPLATE_DIR = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE_IMAGE = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/cats.png"
 DEFAULT_CANDIDATE_LABELS = ("two cats", "a dog", "a car")
@@ -150,7 +152,7 @@ def recipe_from_model_dir(model_dir: str) -> list[tuple[str, str]]:
     """Training facts a train.py run leaves in its output folder: data, recipe, learning rate, seed and world size
     (leanvision_training.json), epochs, steps and batch size (trainer_state.json)."""
     facts = []
-    path = os.path.join(model_dir, "leanvision_training.json")
+    path = os.path.join(model_dir, TRAINING_RECORD)
     if os.path.isfile(path):
         with open(path) as f:
             record = json.load(f)

@@ -55,7 +55,7 @@ def tiny_captioner(with_vae: bool = True, seed: int = 0, **overrides):
         config["vae_config"] = dict(TINY_VAE)
     captions = make_shapes_dataset(200, seed=0, split="train")["caption"]
     torch.manual_seed(seed)
-    model, processor = get_family("gated_sparse_blip").build_captioner(model_args(image_size=32), config, captions)
+    model, processor = get_family("gated_sparse_blip").build(model_args(image_size=32), config, captions)
     model.generation_config.max_new_tokens = 12
     return model.eval(), processor
 

@@ -173,7 +173,7 @@ def test_from_recipe_rejects_invalid_schedules(value, message):
 
 def test_from_recipe_reads_yaml_strings_and_round_trips():
     schedule = FreezingSchedule.from_recipe(
-        '[{"start_epoch": 0, "learning_rate": "2e-5"}, {"start_epoch": 7, "freeze_lowest_block_fraction": 0.5}]'
+        [{"start_epoch": 0, "learning_rate": "2e-5"}, {"start_epoch": 7, "freeze_lowest_block_fraction": 0.5}]
     )
     assert schedule.unit == "epoch" and schedule.phases[0].learning_rate == 2e-5
     assert FreezingSchedule.from_recipe(schedule.to_list()).phases == schedule.phases

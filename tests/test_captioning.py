@@ -31,7 +31,7 @@ from leanvision.training.inference import (
     decoding_kwargs,
     load_captioner,
 )
-from leanvision.training.task_captioning import CaptionTrainer
+from leanvision.training.trainer import CaptionTrainer
 from leanvision.training.tasks import TASKS
 from leanvision.training.train import main as train_main
 from leanvision.training.train import parse_args
@@ -82,7 +82,7 @@ def test_word_level_tokenizer_round_trips_captions_with_blip_layout():
 
 def test_collator_pads_mixed_buckets_masks_them_and_ignores_text_padding(tmp_path):
     data = coco30k_style_dataset()["train"].add_column("example_id", list(range(18)))
-    _, processor = get_family("gated_sparse_blip").build_captioner(
+    _, processor = get_family("gated_sparse_blip").build(
         model_args(), json.loads(json.dumps(TINY_OVERRIDES)), data["caption"]
     )
     collate = CaptionCollator(processor, "caption", "image", max_length=64)

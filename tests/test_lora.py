@@ -26,9 +26,9 @@ from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
 from leanvision.processing.processing_dtp_vit import build_image_processor
 from leanvision.hub_cards.export import export_model
 from leanvision.training.families import get_family
+from leanvision.training.arguments import LoraArguments
 from leanvision.training.lora import (
     DEFAULT_TARGET_MODULES,
-    LoraArguments,
     apply_lora,
     load_adapter_model,
     merge_adapter,

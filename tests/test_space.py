@@ -175,7 +175,7 @@ def save_tiny_exports(root) -> dict:
     torch.manual_seed(0)
     qvision_args = types.SimpleNamespace(model_name_or_path=None, vision_backbone=None, text_backbone=None,
                                          tokenizer_name_or_path=None, image_size=32)
-    qvision, qvision_processor = get_family("qvision_multimodel").build_captioner(qvision_args, dict(
+    qvision, qvision_processor = get_family("qvision_multimodel").build(qvision_args, dict(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                            image_size=32, patch_size=8),
         text_config=dict(hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=64,

@@ -19,7 +19,7 @@ def test_recipe_flags_override_recipe(tmp_path):
     model_args, data_args, training_args = parse_args([RECIPE, "--learning_rate", "0.5", "--output_dir", str(tmp_path)])
     assert training_args.learning_rate == 0.5
     assert training_args.num_train_epochs == 30  # from the recipe
-    assert json.loads(model_args.config_overrides)["patch_size"] == 4
+    assert model_args.config_overrides["patch_size"] == 4
 
 
 def test_recipe_errors_name_the_problem(tmp_path):
@@ -75,12 +75,11 @@ def test_two_rank_cpu_launch_trains_and_saves_a_loadable_model(tmp_path):
 def test_every_shipped_recipe_parses_with_a_known_family_and_valid_freezing(recipe):
     from leanvision.training.callbacks import build_freezing_callback
     from leanvision.training.families import FAMILIES
-    from leanvision.training.tasks import parse_config_overrides
 
     model_args, _, training_args = parse_args([os.path.join(os.path.dirname(RECIPE), recipe)])
     family = FAMILIES[model_args.family]
     assert recipe.startswith(family.name.split("_multimodel")[0])
-    assert isinstance(parse_config_overrides(model_args.config_overrides), dict)
+    assert isinstance(model_args.config_overrides, dict)
     assert training_args.output_dir.startswith("outputs/")
     build_freezing_callback(model_args.freezing)  # raises on an invalid schedule
 

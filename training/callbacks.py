@@ -32,7 +32,6 @@ gets gradients and AdamW starts its state (bias correction from its own first st
 `find_unused_parameters=True`, Trainer's default (`ddp_find_unused_parameters` unset, no activation checkpointing).
 """
 
-import json
 import logging
 import math
 import re
@@ -135,12 +134,7 @@ class FreezingSchedule:
 
     @classmethod
     def from_recipe(cls, value) -> "FreezingSchedule":
-        """Parses a recipe's `freezing` value: a list of phase mappings, or that list as a JSON string."""
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"freezing must be a list of phases (YAML or JSON), got {value!r}: {err}") from None
+        """Parses a recipe's `freezing` value: a list of phase mappings."""
         if not isinstance(value, (list, tuple)) or not value:
             raise ValueError(f"freezing must be a non-empty list of phases, got {value!r}")
         parsed = [_parse_phase(i, raw) for i, raw in enumerate(value)]
@@ -246,7 +240,7 @@ class ProgressiveFreezingCallback(TrainerCallback, ExportableState):
     Its state (`schedule`, `active_phase`) is saved in each checkpoint's `trainer_state.json`.
     """
 
-    def __init__(self, schedule: FreezingSchedule | list | str, model=None):
+    def __init__(self, schedule: FreezingSchedule | list, model=None):
         self.schedule = schedule if isinstance(schedule, FreezingSchedule) else FreezingSchedule.from_recipe(schedule)
         self.active_phase: int | None = None
         self.history: list[dict] = []
@@ -321,10 +315,10 @@ class ProgressiveFreezingCallback(TrainerCallback, ExportableState):
 
 def build_freezing_callback(value, model=None) -> ProgressiveFreezingCallback | None:
     """
-    The callback for a recipe's `freezing` value (list of phases or JSON string); `None` when it is unset. Pass the
+    The callback for a recipe's `freezing` value (a list of phases); `None` when it is unset. Pass the
     freshly built `model` to record what it leaves trainable and to check the patterns before training.
     """
-    if value is None or value == "" or value == []:
+    if not value:
         return None
     return ProgressiveFreezingCallback(FreezingSchedule.from_recipe(value), model=model)
 

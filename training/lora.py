@@ -14,8 +14,6 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
-
 from .files import staged_folder, write_json_atomically
 
 logger = logging.getLogger("leanvision.lora")
@@ -39,22 +37,6 @@ FROZEN_MODULES = {
     "gated_sparse_blip": r"model\.vae\..*",
     "qvision_multimodel": r"vision_model\..*",
 }
-
-
-@dataclass
-class LoraArguments:
-    lora: bool = field(
-        default=False,
-        metadata={"help": "train a LoRA adapter (peft) on top of `model_name_or_path`; the base weights stay fixed"},
-    )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling: updates are scaled by alpha / r"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
-    lora_target_modules: str | None = field(
-        default=None,
-        metadata={"help": "comma-separated module names to adapt (a list in a recipe); default: the family's "
-                  f"attention projections {json.dumps({k: list(v) for k, v in DEFAULT_TARGET_MODULES.items()})}"},
-    )
 
 
 def target_modules(family_name: str, value) -> list[str]:

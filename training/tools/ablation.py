@@ -7,18 +7,18 @@ connections each model keeps from its attention probabilities: over every layer,
 decoder self-attention and the cross-attention to the latent tokens separately.
 """
 
-import json
 import os
 import time
 from itertools import product
 
 import torch
 
+from ..arguments import parse_args, recipe_name
+from ..data.captioning import load_caption_splits
 from ..data.collators import CaptionCollator
-from ..data.shapes import shapes_splits
+from ..files import write_json_atomically
 from ..inference import load_captioner
-from ..train import load_recipe
-from ..train import main as train_main
+from ..train import train
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 RECIPE = os.path.join(RECIPES, "gated_sparse_blip_shapes.yaml")
@@ -66,22 +66,19 @@ def run_ablation(family: str = "gated_sparse_blip", quick: bool = False, out_dir
     """Trains and scores every grid point; returns one row per (sparsity, gating) and writes them to results.json."""
     if family != "gated_sparse_blip":
         raise ValueError(f"the ablation covers gated_sparse_blip only, not {family!r}")
-    recipe = load_recipe(RECIPE)
-    base_overrides = recipe["config_overrides"]
     extra = list(QUICK_ARGS) if quick else []
-    num_eval = int(QUICK_ARGS[QUICK_ARGS.index("--max_eval_samples") + 1]) if quick else recipe["max_eval_samples"]
     rows = []
     for sparsity, gating in product(SPARSITIES, GATING):
         run_dir = os.path.join(out_dir, f"sparsity_{sparsity:g}_gating_{'on' if gating else 'off'}")
-        overrides = dict(base_overrides, attention_sparsity=sparsity, use_token_gating=gating)
+        argv = [RECIPE, "--output_dir", run_dir, "--seed", str(seed), "--caption_metrics", METRICS,
+                "--disable_tqdm", "true", *extra]
+        model_args, data_args, training_args = parse_args(argv)
+        model_args.config_overrides.update(attention_sparsity=sparsity, use_token_gating=gating)
         start = time.time()
-        metrics = train_main([
-            RECIPE, "--output_dir", run_dir, "--seed", str(seed), "--config_overrides", json.dumps(overrides),
-            "--caption_metrics", METRICS, "--disable_tqdm", "true", *extra,
-        ])
+        metrics = train(model_args, data_args, training_args, recipe=recipe_name(argv))
         seconds = time.time() - start
         _, model, processor = load_captioner(run_dir)
-        test = shapes_splits(train=0, test=num_eval, seed=0)["test"]  # the eval split of the training run
+        _, test = load_caption_splits(data_args, training_args.seed)  # the eval split of the training run
         kept = measure_kept_fraction(model, processor, list(test["image"]), list(test["caption"]))
         rows.append({
             "sparsity": sparsity,
@@ -94,9 +91,7 @@ def run_ablation(family: str = "gated_sparse_blip", quick: bool = False, out_dir
             "kept_cross": kept["cross"],
             "run_seconds": seconds,  # set-up (VAE latents), training and evaluation
         })
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    write_json_atomically(os.path.join(out_dir, "results.json"), rows)
     return rows
 
 

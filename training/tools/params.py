@@ -4,14 +4,14 @@ Models are built on the meta device (shapes only, no memory, no weights), so the
 GPT-Neo-125M widths) is counted in well under a second without any download.
 """
 
-import json
 import os
 
 import torch
-import yaml
 from torch import nn
 
+from ..arguments import load_recipe
 from ..callbacks import FreezingSchedule, base_trainable_names
+from ..families import family_of_model_dir, get_family
 
 
 def build_on_meta(config, model_class) -> nn.Module:
@@ -23,35 +23,15 @@ def build_on_meta(config, model_class) -> nn.Module:
 def load_for_counting(source, model_class=None) -> nn.Module:
     """
     A model to count: `source` is a model (used as is), a config, or a saved model folder (only its config.json is
-    read: counts do not depend on the weights). `model_class` defaults to the registered family of the config's
-    `model_type` (`leanvision.training.families`).
+    read: counts do not depend on the weights). `model_class` defaults to the registered family's model class
+    (`leanvision.training.families`).
     """
     if isinstance(source, nn.Module):
         return source
     if isinstance(source, (str, os.PathLike)):
-        config_path = os.path.join(source, "config.json")
-        if not os.path.isfile(config_path):
-            raise ValueError(f"{source!r} is not a saved model folder: config.json is missing")
-        if model_class is None:
-            model_class = _family_model_class(_model_type(config_path))
+        model_class = model_class or family_of_model_dir(str(source)).model_class
         source = model_class.config_class.from_pretrained(source)
-    elif model_class is None:
-        model_class = _family_model_class(source.model_type)
-    return build_on_meta(source, model_class)
-
-
-def _model_type(config_path: str) -> str:
-    with open(config_path) as f:
-        return json.load(f).get("model_type")
-
-
-def _family_model_class(model_type: str):
-    from ..families import FAMILIES
-
-    for family in FAMILIES.values():
-        if family.config_class.model_type == model_type:
-            return family.model_class
-    raise ValueError(f"no registered family has model_type {model_type!r}; pass model_class")
+    return build_on_meta(source, model_class or get_family(source.model_type).model_class)
 
 
 def component_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -133,10 +113,7 @@ def format_params_table(rows: list[dict], schedule: FreezingSchedule | None = No
 
 def recipe_schedule(recipe_path: str) -> FreezingSchedule | None:
     """The `freezing` schedule of a recipe file (YAML or JSON), or None when it has none."""
-    with open(recipe_path) as f:
-        recipe = json.load(f) if recipe_path.endswith(".json") else yaml.safe_load(f)
-    if not isinstance(recipe, dict):
-        raise ValueError(f"recipe {recipe_path!r} must be a mapping")
+    recipe = load_recipe(recipe_path)
     return FreezingSchedule.from_recipe(recipe["freezing"]) if recipe.get("freezing") else None
 
 

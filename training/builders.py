@@ -1,0 +1,168 @@
+"""Model + processor builders, one per family, reached through
+`Family.build(model_args, config_overrides, ...) -> (model, processor)`.
+
+Each says where its model comes from: a saved model (`model_name_or_path`), pretrained parts (CLIP, BLIP, GPT-Neo
+checkpoints), or a fresh model of the family's config with the config overrides (a mapping, never changed here).
+"""
+
+from transformers import AutoTokenizer, BlipImageProcessorPil
+
+from ..configuration.configuration_dtp_clip import DTPCLIPConfig
+from ..configuration.configuration_dtp_vit import DTPViTConfig
+from ..configuration.configuration_gated_sparse_blip import GatedSparseBlipConfig
+from ..configuration.configuration_qvision import QVisionConfig
+from ..modeling.modeling_dtp_clip import DTPCLIPModel
+from ..modeling.modeling_dtp_vit import DTPViTForImageClassification
+from ..modeling.modeling_gated_sparse_blip import GatedSparseBlipForConditionalGeneration
+from ..modeling.modeling_qvision import QVisionForConditionalGeneration
+from ..processing.processing_dtp_clip import DTPCLIPProcessor
+from ..processing.processing_dtp_vit import build_image_processor
+from ..processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
+from ..processing.processing_qvision import QVisionProcessor
+from .data.tokenizers import char_tokenizer, word_level_tokenizer
+
+
+def build_dtp_vit(model_args, overrides: dict, labels: list[str]):
+    """DTP-ViT classifier of `labels` + its image processor: loaded from `model_name_or_path` (overrides applied), or
+    fresh from the overrides."""
+    id2label = dict(enumerate(labels))
+    label2id = {name: i for i, name in id2label.items()}
+    overrides = dict(overrides, id2label=id2label, label2id=label2id)
+    if model_args.model_name_or_path:
+        model = DTPViTForImageClassification.from_pretrained(model_args.model_name_or_path, **overrides)
+    else:
+        model = DTPViTForImageClassification(DTPViTConfig(**overrides))
+    return model, build_image_processor(model.config.image_size)
+
+
+def build_dtp_clip(model_args, overrides: dict):
+    """DTP-CLIP model + processor: from a saved model, from a transformers CLIP checkpoint (`init_from_clip`; the
+    overrides' `vision_config` entries set compression rate, layer split, ...), or new (character tokenizer)."""
+    overrides = dict(overrides)
+    if model_args.model_name_or_path:
+        model = DTPCLIPModel.from_pretrained(model_args.model_name_or_path)
+        return model, DTPCLIPProcessor.from_pretrained(model_args.model_name_or_path)
+    if model_args.init_from_clip:
+        unknown = sorted(set(overrides) - {"vision_config"})
+        if unknown:
+            raise ValueError(f"with init_from_clip only `vision_config` overrides apply, got {unknown}")
+        model = DTPCLIPModel.from_clip_pretrained(model_args.init_from_clip, **overrides.get("vision_config", {}))
+        return model.train(), DTPCLIPProcessor.from_clip_pretrained(model_args.init_from_clip)
+    tokenizer = (
+        AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
+        if model_args.tokenizer_name_or_path
+        else char_tokenizer()
+    )
+    text = dict(overrides.pop("text_config", None) or {})
+    text.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    text.setdefault("max_position_embeddings", min(tokenizer.model_max_length, 77))
+    model = DTPCLIPModel(DTPCLIPConfig(text_config=text, **overrides))
+    image_size = model_args.image_size or model.config.vision_config.image_size
+    return model, DTPCLIPProcessor(build_image_processor(image_size), tokenizer)
+
+
+def _vae_init_config(vae) -> dict:
+    """The `AutoencoderKL(**kwargs)` arguments of a loaded diffusers VAE (its config minus private keys)."""
+    return {key: value for key, value in dict(vae.config).items() if not key.startswith("_")}
+
+
+def _load_with_overrides(model_class, processor_class, path: str, overrides: dict):
+    """A saved captioner + processor, with config overrides applied (`text_config` entries to its text config)."""
+    config = model_class.config_class.from_pretrained(path)
+    for key, value in (overrides.pop("text_config", None) or {}).items():
+        setattr(config.text_config, key, value)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    config.validate()
+    return model_class.from_pretrained(path, config=config), processor_class.from_pretrained(path)
+
+
+def build_gated_sparse_blip(model_args, overrides: dict, train_captions: list[str]):
+    """GatedSparseBlip model + processor.
+
+    From `model_name_or_path` (config overrides applied to its config, `text_config` entries to its text config);
+    else a fresh model whose text decoder and tokenizer come from `init_from_blip` (a BLIP captioning checkpoint), or
+    are new (tokenizer from `tokenizer_name_or_path`, or a word-level vocabulary of the training captions).
+    `vae_name_or_path` loads a diffusers VAE (config, scaling factor and weights) into the model.
+    """
+    overrides = dict(overrides)
+    if model_args.model_name_or_path:
+        return _load_with_overrides(
+            GatedSparseBlipForConditionalGeneration, GatedSparseBlipProcessor, model_args.model_name_or_path, overrides
+        )
+
+    vae = None
+    if model_args.vae_name_or_path:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(model_args.vae_name_or_path)
+        overrides.setdefault("vae_config", _vae_init_config(vae))
+        overrides.setdefault("vae_scaling_factor", float(vae.config.scaling_factor))
+    if model_args.init_from_blip:
+        model = GatedSparseBlipForConditionalGeneration.from_blip_pretrained(model_args.init_from_blip, **overrides)
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path or model_args.init_from_blip)
+    else:
+        if model_args.tokenizer_name_or_path:
+            tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
+            if tokenizer.bos_token is None:
+                tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+        else:
+            tokenizer = word_level_tokenizer(train_captions)
+        text_config = dict(overrides.pop("text_config", None) or {})
+        text_config.update(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = GatedSparseBlipForConditionalGeneration(GatedSparseBlipConfig(text_config=text_config, **overrides))
+        tokenizer.model_max_length = model.config.text_config.max_position_embeddings
+    if vae is not None:
+        model.model.vae.load_state_dict(vae.state_dict())
+    vae_config = model.config.vae_config or {}
+    image_size = model_args.image_size or vae_config.get("sample_size") or 256
+    image_processor = BlipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    return model, GatedSparseBlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_qvision(model_args, overrides: dict, train_captions: list[str]):
+    """QVisionMultiModel model + processor.
+
+    From `model_name_or_path` (config overrides applied); else around a pretrained CLIP and GPT-Neo
+    (`vision_backbone` + `text_backbone`, both needed), their image processor and tokenizer; else a fresh model
+    whose tokenizer comes from `tokenizer_name_or_path` or is a word-level vocabulary of the training captions
+    (`[DEC]` starts, `[SEP]` ends a caption).
+    """
+    overrides = dict(overrides)
+    if model_args.model_name_or_path:
+        return _load_with_overrides(
+            QVisionForConditionalGeneration, QVisionProcessor, model_args.model_name_or_path, overrides
+        )
+    vision, text = model_args.vision_backbone, model_args.text_backbone
+    if vision or text:
+        if not (vision and text):
+            raise ValueError("qvision_multimodel needs both `vision_backbone` (CLIP) and `text_backbone` (GPT-Neo)")
+        if "vision_config" in overrides or "text_config" in overrides:
+            raise ValueError("`vision_config` / `text_config` overrides conflict with pretrained backbones")
+        model = QVisionForConditionalGeneration.from_pretrained_backbones(vision=vision, text=text, **overrides)
+        return model, QVisionProcessor.from_pretrained_backbones(vision=vision, text=text)
+    if model_args.tokenizer_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
+    else:
+        tokenizer = word_level_tokenizer(train_captions)
+        tokenizer.add_special_tokens({"eos_token": "[SEP]"})
+    text_config = dict(overrides.pop("text_config", None) or {})
+    text_config.update(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    model = QVisionForConditionalGeneration(QVisionConfig(text_config=text_config, **overrides))
+    tokenizer.model_max_length = model.config.text_config.max_position_embeddings
+    image_size = model_args.image_size or model.config.vision_config.image_size
+    return model, QVisionProcessor(build_image_processor(image_size), tokenizer)
