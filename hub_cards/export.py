@@ -94,12 +94,10 @@ def read_eval_results(model_dir: str) -> dict:
         return json.load(f)
 
 
-def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
-    """Writes the flat bundle of the model saved in `model_dir` to `out_dir` (via a temporary folder and a rename)."""
-    family_of_model_dir(model_dir)
-    if os.path.exists(out_dir) and not overwrite:
-        raise ValueError(f"output folder {out_dir!r} exists; pass overwrite=True (--overwrite) to replace it")
-    family, model, processor = load_saved(model_dir)
+def write_flat_bundle(out_dir: str, family, model, processor, metrics: dict, card: str) -> None:
+    """Writes the flat bundle of a loaded `family` model into `out_dir` through one staged folder: its remote code
+    (`bundle_sources`), config with auto maps, weights, processor, `metrics` as eval_results.json and `card` as
+    README.md."""
     with staged_folder(out_dir) as tmp_dir:
         for relative in bundle_sources(family):
             with open(os.path.join(PACKAGE_ROOT, relative)) as f:
@@ -113,11 +111,21 @@ def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
         processor.save_pretrained(tmp_dir)
         if family.processor_auto_map:
             add_processor_auto_map(tmp_dir, family.processor_auto_map)
-        metrics = read_eval_results(model_dir)
         if metrics:
             with open(os.path.join(tmp_dir, "eval_results.json"), "w") as f:
                 json.dump(metrics, f, indent=2)
         with open(os.path.join(tmp_dir, "README.md"), "w") as f:
-            f.write(render_card(family, model.config, metrics, recipe=recipe_from_model_dir(model_dir),
-                                num_parameters=model.num_parameters()))
+            f.write(card)
+
+
+def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
+    """Writes the flat bundle of the model saved in `model_dir` to `out_dir` (via a temporary folder and a rename)."""
+    family_of_model_dir(model_dir)
+    if os.path.exists(out_dir) and not overwrite:
+        raise ValueError(f"output folder {out_dir!r} exists; pass overwrite=True (--overwrite) to replace it")
+    family, model, processor = load_saved(model_dir)
+    metrics = read_eval_results(model_dir)
+    card = render_card(family, model.config, metrics, recipe=recipe_from_model_dir(model_dir),
+                       num_parameters=model.num_parameters())
+    write_flat_bundle(out_dir, family, model, processor, metrics, card)
     return out_dir

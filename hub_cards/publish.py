@@ -12,43 +12,25 @@ import sys
 import tempfile
 
 
-def count_parameters(safetensors_path: str) -> int:
-    """Number of weights stored in a safetensors file (read from its header, no tensor is loaded)."""
-    from safetensors import safe_open
-
-    total = 0
-    with safe_open(safetensors_path, framework="pt") as f:
-        for name in f.keys():
-            count = 1
-            for dim in f.get_slice(name).get_shape():
-                count *= dim
-            total += count
-    return total
-
-
 def write_bundle(model_dir: str, repo_id: str, out_dir: str, base_model=None, datasets=None,
                  evaluation: dict | None = None, license: str = "apache-2.0") -> str:
-    """The flat export of `model_dir` in `out_dir`, its README.md rendered for `repo_id`. Built in a temporary folder
-    beside `out_dir` and renamed at the end, so a failure leaves no partial folder."""
-    from ..training.families import family_of_model_dir
-    from ..training.files import staged_folder
+    """The flat export of `model_dir` in `out_dir`, its README.md rendered for `repo_id`: the card is rendered once
+    and the folder staged once (built beside `out_dir` and renamed at the end, so a failure leaves no partial
+    folder)."""
+    from ..training.families import load_saved
     from .cards import recipe_from_model_dir, render_card
-    from .export import export_model, read_eval_results
+    from .export import read_eval_results, write_flat_bundle
 
-    family = family_of_model_dir(model_dir)
     if os.path.exists(out_dir):
         raise ValueError(f"output folder {out_dir!r} exists; choose a new --out-dir")
-    with staged_folder(out_dir) as staging:
-        export_model(model_dir, staging, overwrite=True)  # replaces the empty staging folder
-        config = family.config_class.from_pretrained(staging)
-        weights = os.path.join(staging, "model.safetensors")
-        card = render_card(
-            family, config, read_eval_results(model_dir), repo_id=repo_id, base_model=base_model, datasets=datasets,
-            recipe=recipe_from_model_dir(model_dir), evaluation=evaluation,
-            num_parameters=count_parameters(weights) if os.path.isfile(weights) else None, license=license,
-        )
-        with open(os.path.join(staging, "README.md"), "w") as f:
-            f.write(card)
+    family, model, processor = load_saved(model_dir)
+    metrics = read_eval_results(model_dir)
+    card = render_card(
+        family, model.config, metrics, repo_id=repo_id, base_model=base_model, datasets=datasets,
+        recipe=recipe_from_model_dir(model_dir), evaluation=evaluation, num_parameters=model.num_parameters(),
+        license=license,
+    )
+    write_flat_bundle(out_dir, family, model, processor, metrics, card)
     return out_dir
 
 
