@@ -13,7 +13,8 @@ install: $(STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, pinned to the CPU build on this machine's disk, so the package's range installs nothing more.
+# torch first, pinned to 2.13.0 (on the development machine pip finds a local CPU build of it), so the package's
+# range installs nothing more.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0

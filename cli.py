@@ -235,9 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "flops",
-        help="print GMACs of DTP-ViT at several compression rates next to the seed's figures",
+        help="print GMACs of DTP-ViT at several compression rates next to the DTP-ViT plan's figures",
         description="Counts GMACs with fvcore (eager attention; boundaries simulated evenly at each rate) for a "
-        "DTP-ViT with ViT-B/32 widths, beside transformers' CLIPVisionModel and the seed's published numbers.",
+        "DTP-ViT with ViT-B/32 widths, beside transformers' CLIPVisionModel and the numbers the DTP-ViT plan "
+        "published.",
     )
     p.add_argument("--rates", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.1], help="compression rates")
     p.add_argument("--image-size", type=int, default=224, help="input resolution")
@@ -261,10 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
         "params",
         help="table of total and trainable parameters per component, per freezing phase of a recipe",
         description="Counts parameters per top-level component (for QVision: vision, projection, Q-Former, "
-        "cross-attention, LM) without downloading or allocating weights. Without --model: the seed-size QVision "
-        "(CLIP ViT-B/32 + GPT-Neo-125M widths).",
+        "cross-attention, LM) without downloading or allocating weights. Without --model: the original-size QVision "
+        "(QVisionConfig.original_size_config(): CLIP ViT-B/32 vision tower, Q-Former 1024 wide, a 24-block, "
+        "1024-wide GPT-Neo), followed by the original QVision project's parameter table, reproduced where it can be.",
     )
-    p.add_argument("--model", help="a saved model folder (default: the seed-size QVision configuration)")
+    p.add_argument("--model", help="a saved model folder (default: the original-size QVision configuration)")
     p.add_argument("--recipe", help="a recipe with a `freezing` schedule: one trainable column per phase")
     p.set_defaults(func=_cmd_params)
 

@@ -1,9 +1,9 @@
-"""Caption latency of the seed-size QVision against transformers' BLIP-base captioner, on CPU, in one run.
+"""Caption latency of QVision (CLIP ViT-B/32 + GPT-Neo-125M) against transformers' BLIP-base captioner, on CPU.
 
     python benchmarks/bench_qvision.py [--batches 1 8] [--repeats 7] [--threads N] [--quick]
 
 Both models have random weights and run in eval mode, float32, under no_grad, greedy, with the KV cache:
-- QVision: `QVisionConfig.seed_size_config()` (CLIP ViT-B/32 at 224x224 -> 49 patch tokens; a 6-layer Q-Former
+- QVision: `QVisionConfig.gpt_neo_125m_config()` (CLIP ViT-B/32 at 224x224 -> 49 patch tokens; a 6-layer Q-Former
   -> 1 global + 64 query tokens; GPT-Neo-125M with a gated cross-attention block before every 4th block);
 - peer: `BlipForConditionalGeneration(BlipConfig())`, the BLIP-base widths (ViT-B/16 at 384x384 -> 577 image
   tokens, a 12-layer BERT-base decoder cross-attending to all of them in every layer).
@@ -35,7 +35,7 @@ def build(name: str) -> tuple[torch.nn.Module, int]:
     """The model (random weights, eval) and its input image size."""
     torch.manual_seed(0)
     if name == QVISION:
-        config = QVisionConfig.seed_size_config()
+        config = QVisionConfig.gpt_neo_125m_config()
         return QVisionForConditionalGeneration(config).eval(), config.vision_config.image_size
     config = BlipConfig()
     return BlipForConditionalGeneration(config).eval(), config.vision_config.image_size
@@ -118,7 +118,7 @@ def main():
             latency = statistics.median(times[(name, batch)]) * 1000
             speedup = statistics.median(p / t for p, t in zip(peer_times, times[(name, batch)]))
             speedups[(name, batch)] = speedup
-            label = "QVision (seed size)" if name == QVISION else "BlipForConditionalGeneration (BLIP-base, peer)"
+            label = "QVision (GPT-Neo-125M)" if name == QVISION else "BlipForConditionalGeneration (BLIP-base, peer)"
             print(f"| {batch} | {label} | {params:.1f} | {image_size}x{image_size} | {image_tokens(name, model)} | "
                   f"{latency:.0f} | {latency / batch:.0f} | {speedup:.2f}x |")
     print()

@@ -22,6 +22,16 @@ GPT_NEO_125M = {
     "eos_token_id": 50256,
 }
 
+# The decoder of the original QVision project: a 24-block, 1024-wide GPT-Neo (355,798,016 parameters, the widths
+# EleutherAI published as `EleutherAI/gpt-neo-350M`), written out the same way.
+GPT_NEO_350M = {
+    **GPT_NEO_125M,
+    "hidden_size": 1024,
+    "num_layers": 24,
+    "num_heads": 16,
+    "attention_types": [[["global", "local"], 12]],
+}
+
 
 @strict
 class QVisionConfig(PreTrainedConfig):
@@ -69,9 +79,9 @@ class QVisionConfig(PreTrainedConfig):
 
     ```python
     >>> from leanvision.configuration.configuration_qvision import QVisionConfig
-    >>> config = QVisionConfig.seed_size_config()  # CLIP ViT-B/32 + GPT-Neo-125M widths
+    >>> config = QVisionConfig.original_size_config()  # CLIP ViT-B/32 vision + a 24-block, 1024-wide GPT-Neo
     >>> config.num_hidden_layers
-    12
+    24
     ```
     """
 
@@ -137,8 +147,23 @@ class QVisionConfig(PreTrainedConfig):
             raise ValueError(f"`initializer_range` must be positive, got {self.initializer_range!r}.")
 
     @classmethod
-    def seed_size_config(cls, **kwargs) -> "QVisionConfig":
-        """The widths of the seed project's model, CLIP ViT-B/32 + GPT-Neo-125M, built without any download."""
+    def original_size_config(cls, **kwargs) -> "QVisionConfig":
+        """
+        The size of the original QVision project's model, built without any download: the CLIP ViT-B/32 vision tower,
+        a Q-Former 1024 wide (so the patch projection is 768 -> 1024, as in the original) and a 24-block, 1024-wide
+        GPT-Neo (`GPT_NEO_350M`). The original loaded the whole CLIP model, text tower included though unused; this
+        model keeps only the vision tower. `kwargs` override any field.
+        """
+        kwargs = {"qformer_hidden_size": 1024, **kwargs}
+        return cls(vision_config=CLIPVisionConfig(), text_config=GPTNeoConfig(**GPT_NEO_350M), **kwargs)
+
+    @classmethod
+    def gpt_neo_125m_config(cls, **kwargs) -> "QVisionConfig":
+        """
+        A smaller variant on public checkpoints, built without any download: the CLIP ViT-B/32 vision tower, a Q-Former
+        768 wide and GPT-Neo-125M (`EleutherAI/gpt-neo-125m`, 12 blocks, 768 wide), the decoder `QVisionConfig()`
+        defaults to. `benchmarks/bench_qvision.py` measures this one. `kwargs` override any field.
+        """
         return cls(vision_config=CLIPVisionConfig(), text_config=GPTNeoConfig(**GPT_NEO_125M), **kwargs)
 
     @property

@@ -170,7 +170,7 @@ def recipe_from_model_dir(model_dir: str) -> list[tuple[str, str]]:
 
 
 def check_public(text: str) -> None:
-    """Refuses text that names a local folder of this machine (home, working or temp directory) or holds a token."""
+    """Refuses text that names a local folder of the publishing machine (home, working or temp directory) or a token."""
     for folder in {os.path.expanduser("~"), os.getcwd(), tempfile.gettempdir()}:
         if len(folder) > 1 and folder in text:
             raise ValueError(f"the model card names the local folder {folder!r}")

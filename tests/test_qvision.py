@@ -142,8 +142,20 @@ def test_config_rejects_invalid_fields(field, value):
         tiny_config(**{field: value})
 
 
-def test_seed_size_config_has_clip_b32_and_gpt_neo_125m_widths():
-    config = QVisionConfig.seed_size_config()
+def test_original_size_config_has_clip_b32_and_the_original_gpt_neo_widths():
+    config = QVisionConfig.original_size_config()
+    vision, text = config.vision_config, config.text_config
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (768, 12, 32, 224)
+    assert (text.hidden_size, text.num_layers, text.num_heads, text.vocab_size) == (1024, 24, 16, 50257)
+    assert text.attention_layers == ["global", "local"] * 12 and text.window_size == 256
+    assert config.qformer_hidden_size == 1024 and config.qformer_intermediate_size == 4096  # patches 768 -> 1024
+    assert config.num_query_tokens == 64 and config.qformer_num_heads == 8 and config.qformer_dropout == 0.1
+    assert config.cross_attention_layers == [3, 7, 11, 15, 19, 23]
+    assert QVisionConfig.original_size_config(qformer_hidden_size=512).qformer_hidden_size == 512
+
+
+def test_gpt_neo_125m_config_has_clip_b32_and_gpt_neo_125m_widths():
+    config = QVisionConfig.gpt_neo_125m_config()
     vision, text = config.vision_config, config.text_config
     assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (768, 12, 32, 224)
     assert (text.hidden_size, text.num_layers, text.num_heads, text.vocab_size) == (768, 12, 12, 50257)

@@ -1,4 +1,4 @@
-"""What a QVision captioner looks at: attention maps and the token-similarity report of the seed project.
+"""What a QVision captioner looks at: attention maps and the token-similarity report of the original QVision project.
 
 For each image (all maps averaged over attention heads, so every row is a probability distribution):
 
