@@ -14,6 +14,7 @@ from transformers import (
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
+from transformers import pipelines as transformers_pipelines
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration.configuration_dtp_clip import DTPCLIPConfig
@@ -50,12 +51,22 @@ AutoModel.register(QVisionConfig, QVisionModel, exist_ok=True)
 AutoModelForImageTextToText.register(QVisionConfig, QVisionForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(QVisionConfig, QVisionProcessor, exist_ok=True)
 
-# Lets `ImageToTextPipeline(...).save_pretrained()` write `custom_pipelines`. For a folder saved by train.py (no
-# custom_pipelines entry), use `pipeline("image-text-to-text", model=folder, pipeline_class=ImageToTextPipeline)`:
-# transformers redirects the bare "image-to-text" task name to that one.
+# "image-to-text" for every captioner: folders saved by train.py, exports, and in-memory model + processor objects.
 PIPELINE_REGISTRY.register_pipeline(
     "image-to-text", pipeline_class=ImageToTextPipeline, pt_model=AutoModelForImageTextToText
 )
+_redirect_removed_task = transformers_pipelines._resolve_deprecated_task
+
+
+def _keep_registered_image_to_text(task: str) -> str:
+    """transformers 5 renames the task "image-to-text" to "image-text-to-text" (which demands a text prompt) before
+    it looks the name up; once registered above, "image-to-text" keeps its name and gets `ImageToTextPipeline`."""
+    if task == "image-to-text" and task in PIPELINE_REGISTRY.supported_tasks:
+        return task
+    return _redirect_removed_task(task)
+
+
+transformers_pipelines._resolve_deprecated_task = _keep_registered_image_to_text
 
 __all__ = [
     "DTPCLIPConfig",

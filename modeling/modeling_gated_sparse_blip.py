@@ -25,6 +25,9 @@ from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from ..configuration.configuration_gated_sparse_blip import GatedSparseBlipConfig
+# The pipeline that config.json's `custom_pipelines` names: imported so that `save_pretrained` of a remotely loaded
+# captioner copies its file along with this one.
+from ..processing.pipeline_image_to_text import ImageToTextPipeline  # noqa: F401
 from .modeling_common import additive_mask, eager_attention_forward, sincos_2d_position_embedding, split_heads
 
 

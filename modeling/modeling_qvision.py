@@ -21,6 +21,9 @@ from transformers.utils import ModelOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
 from ..configuration.configuration_qvision import QVisionConfig
+# The pipeline that config.json's `custom_pipelines` names: imported so that `save_pretrained` of a remotely loaded
+# captioner copies its file along with this one.
+from ..processing.pipeline_image_to_text import ImageToTextPipeline  # noqa: F401
 from .modeling_common import eager_attention_forward, sincos_2d_position_embedding, split_heads
 
 
@@ -429,14 +432,17 @@ class QVisionForConditionalGeneration(QVisionPreTrainedModel, GenerationMixin):
         self.post_init()
         self.generation_config = self.default_generation_config(config)
 
+    # The original QVision recipe sampled its captions: `generate(..., **ORIGINAL_SAMPLING)` (or `leanvision caption
+    # --temperature 0.7`) does the same. The default is greedy, so that the same image always gets the same caption.
+    ORIGINAL_SAMPLING = {"do_sample": True, "temperature": 0.7}
+
     @staticmethod
     def default_generation_config(config: QVisionConfig) -> GenerationConfig:
-        """Temperature sampling of short captions, as in the seed project (pad falls back to eos for GPT-Neo)."""
+        """Greedy decoding of captions of up to 20 new tokens (pad falls back to eos for GPT-Neo)."""
         text_config = config.text_config
         pad_token_id = text_config.pad_token_id if text_config.pad_token_id is not None else text_config.eos_token_id
         return GenerationConfig(
-            do_sample=True,
-            temperature=0.7,
+            do_sample=False,
             max_new_tokens=20,
             bos_token_id=text_config.bos_token_id,
             eos_token_id=text_config.eos_token_id,

@@ -9,8 +9,9 @@ restores
 It works for any model whose processor takes `images=` and whose model has `generate()`.
 """
 
+from PIL import Image
 from transformers import GenerationConfig, Pipeline
-from transformers.image_utils import load_image
+from transformers.image_utils import is_valid_image, load_image
 
 
 class ImageToTextPipeline(Pipeline):
@@ -18,7 +19,7 @@ class ImageToTextPipeline(Pipeline):
     Captions images: `processor(images=image)` -> `model.generate(**inputs, **generate_kwargs)` ->
     `processor.batch_decode(..., skip_special_tokens=True)`.
 
-    Call it on an image (PIL image, path or URL) or a list of them. Generation parameters (`max_new_tokens`,
+    Call it on an image (PIL image, numpy array or torch tensor, path or URL) or a list of them. Generation parameters (`max_new_tokens`,
     `num_beams`, `do_sample`, `temperature`, any other `GenerationConfig` field, or a `generate_kwargs` dict) pass
     through to `generate()`; parameters neither given nor set in the model's generation config fall back to
     `max_new_tokens=40`.
@@ -39,7 +40,10 @@ class ImageToTextPipeline(Pipeline):
         return preprocess_params, forward_params, {}
 
     def preprocess(self, image, timeout=None):
-        inputs = self.processor(images=load_image(image, timeout=timeout))
+        # Arrays and tensors go to the processor as they are, as in transformers' own image pipelines.
+        if not is_valid_image(image) or isinstance(image, Image.Image):
+            image = load_image(image, timeout=timeout)
+        inputs = self.processor(images=image)
         if self.dtype is not None:
             inputs = inputs.to(self.dtype)  # casts floating-point tensors only
         return inputs

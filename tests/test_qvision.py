@@ -280,13 +280,18 @@ def test_image_tokens_are_computed_once_per_generation(pixel_values):
     handle.remove()
 
 
-def test_default_generation_config_samples_short_captions(pixel_values):
+def test_default_generation_is_greedy_and_the_original_sampling_stays_available(pixel_values):
     model = tiny_model()
     config = model.generation_config
-    assert config.do_sample is True and config.temperature == 0.7 and config.max_new_tokens == 20
+    assert config.do_sample is False and config.max_new_tokens == 20
     assert config.bos_token_id == config.eos_token_id == config.pad_token_id == 0
     sequences = model.generate(pixel_values=pixel_values)
     assert sequences.shape[0] == 3 and 2 <= sequences.shape[1] <= 21
+    assert torch.equal(model.generate(pixel_values=pixel_values), sequences)
+    assert model.ORIGINAL_SAMPLING == {"do_sample": True, "temperature": 0.7}
+    torch.manual_seed(0)
+    sampled = model.generate(pixel_values=pixel_values, **model.ORIGINAL_SAMPLING)
+    assert sampled.shape[0] == 3 and sampled.shape[1] <= 21
 
 
 def test_clip_is_frozen_and_trainable_parts_get_gradients(pixel_values):
@@ -405,7 +410,7 @@ def test_save_load_round_trip(tmp_path, pixel_values):
     reloaded = QVisionForConditionalGeneration.from_pretrained(tmp_path)
     assert not reloaded.training and not any(p.requires_grad for p in reloaded.vision_model.parameters())
     assert reloaded.language_model.lm_head.weight is reloaded.language_model.transformer.wte.weight
-    assert reloaded.generation_config.do_sample is True and reloaded.generation_config.temperature == 0.7
+    assert reloaded.generation_config.do_sample is False and reloaded.generation_config.max_new_tokens == 20
 
     input_ids = torch.randint(1, VOCAB_SIZE, (3, 6))
     with torch.no_grad():
