@@ -63,22 +63,32 @@ def classify_in_fresh_process(export_dir: str, image_paths: list[str]) -> list[d
     return run_fresh_script(_FRESH_CLASSIFY, export_dir, *image_paths)
 
 
-def run_dtp_vit(out_root: str) -> dict:
-    model_dir = os.path.join(out_root, "dtp_vit_digits")
-    export_dir = os.path.join(out_root, "dtp_vit_digits-export")
-    start = time.time()
-    metrics = train_main([os.path.join(RECIPES, "dtp_vit_digits.yaml"), "--output_dir", model_dir])
+def train_and_export(out_root: str, recipe: str, *flags: str) -> tuple[dict, str, str]:
+    """Trains `recipes/<recipe>.yaml` into `out_root/<recipe>` and exports it to `out_root/<recipe>-export`; returns
+    (eval metrics, model folder, export folder)."""
+    model_dir = os.path.join(out_root, recipe)
+    export_dir = os.path.join(out_root, f"{recipe}-export")
+    metrics = train_main([os.path.join(RECIPES, f"{recipe}.yaml"), "--output_dir", model_dir, *flags])
     export_model(model_dir, export_dir, overwrite=True)
+    return metrics, model_dir, export_dir
+
+
+def save_samples(images, folder: str, name: str) -> list[str]:
+    """Saves `images` as `folder/<name>_<i>.png` for the fresh-interpreter checks; returns their paths."""
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, f"{name}_{i}.png") for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+    return paths
+
+
+def run_dtp_vit(out_root: str) -> dict:
+    start = time.time()
+    metrics, model_dir, export_dir = train_and_export(out_root, "dtp_vit_digits")
 
     test = digits_dataset()["test"]
-    samples_dir = os.path.join(out_root, "digit_samples")
-    os.makedirs(samples_dir, exist_ok=True)
-    paths, truths = [], []
-    for i in range(5):
-        path = os.path.join(samples_dir, f"digit_{i}.png")
-        test[i]["image"].save(path)
-        paths.append(path)
-        truths.append(test.features["label"].int2str(test[i]["label"]))
+    paths = save_samples([test[i]["image"] for i in range(5)], os.path.join(out_root, "digit_samples"), "digit")
+    truths = [test.features["label"].int2str(test[i]["label"]) for i in range(5)]
     predictions = classify_in_fresh_process(export_dir, paths)
 
     family = get_family("dtp_vit")
@@ -104,20 +114,11 @@ def run_dtp_clip(out_root: str) -> dict:
     scikit-image photos."""
     from skimage import data as skimage_data
 
-    model_dir = os.path.join(out_root, "dtp_clip_shapes")
-    export_dir = os.path.join(out_root, "dtp_clip_shapes-export")
     start = time.time()
-    metrics = train_main([os.path.join(RECIPES, "dtp_clip_shapes.yaml"), "--output_dir", model_dir,
-                          "--disable_tqdm", "true"])
-    export_model(model_dir, export_dir, overwrite=True)
+    metrics, model_dir, export_dir = train_and_export(out_root, "dtp_clip_shapes", "--disable_tqdm", "true")
 
     test = shapes_splits(train=0, test=3, seed=1, max_objects=1)["test"]
-    samples_dir = os.path.join(out_root, "shapes_single_samples")
-    os.makedirs(samples_dir, exist_ok=True)
-    paths = []
-    for i, image in enumerate(test["image"]):
-        paths.append(os.path.join(samples_dir, f"shape_{i}.png"))
-        image.save(paths[-1])
+    paths = save_samples(test["image"], os.path.join(out_root, "shapes_single_samples"), "shape")
     predictions = run_fresh_script(_FRESH_ZERO_SHOT, export_dir, json.dumps(class_names()), *paths)
 
     family = get_family("dtp_clip")
@@ -142,19 +143,11 @@ def run_dtp_clip(out_root: str) -> dict:
 def run_captioner(out_root: str, recipe: str) -> dict:
     """Trains a captioning shapes recipe (generation-based evaluation on held-out shapes), exports it and captions
     held-out images with the export in a fresh interpreter."""
-    model_dir = os.path.join(out_root, recipe)
-    export_dir = os.path.join(out_root, f"{recipe}-export")
     start = time.time()
-    metrics = train_main([os.path.join(RECIPES, f"{recipe}.yaml"), "--output_dir", model_dir, "--disable_tqdm", "true"])
-    export_model(model_dir, export_dir, overwrite=True)
+    metrics, _, export_dir = train_and_export(out_root, recipe, "--disable_tqdm", "true")
 
     test = shapes_splits(train=0, test=3, seed=1)["test"]
-    samples_dir = os.path.join(out_root, "shapes_samples")
-    os.makedirs(samples_dir, exist_ok=True)
-    paths = []
-    for i, image in enumerate(test["image"]):
-        paths.append(os.path.join(samples_dir, f"shapes_{i}.png"))
-        image.save(paths[-1])
+    paths = save_samples(test["image"], os.path.join(out_root, "shapes_samples"), "shapes")
     captions = run_fresh_script(_FRESH_CAPTION, export_dir, *paths)
     return {
         "metrics": {k.removeprefix("eval_"): metrics[k] for k in ("eval_bleu_4", "eval_rouge_l", "eval_cider")},
