@@ -82,6 +82,7 @@ class QVisionConfig(PreTrainedConfig):
     >>> config = QVisionConfig.original_size_config()  # CLIP ViT-B/32 vision + a 24-block, 1024-wide GPT-Neo
     >>> config.num_hidden_layers
     24
+
     ```
     """
 
