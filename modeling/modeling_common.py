@@ -12,6 +12,7 @@ transformers.
 
 import torch
 from torch import nn
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 from transformers.modeling_utils import AttentionInterface
 
 
@@ -131,7 +132,31 @@ def sincos_2d_position_embedding(
     return torch.cat([row_embed, col_embed], dim=-1).reshape(height * width, dim).to(dtype)
 
 
+class BundleCodeFirstMixin:
+    """`from_pretrained(path, trust_remote_code=True)` runs the code a bundle ships, also where an installed copy of
+    these classes is registered with the Auto classes (transformers prefers registered classes, so an export and the
+    installed package could drift apart unnoticed). Without `trust_remote_code=True`, or for folders that ship no
+    code (no `auto_map` entry naming this class), the class loads the folder itself."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, trust_remote_code=None, **kwargs):
+        if trust_remote_code:
+            config = kwargs.get("config")
+            if config is None:
+                config = cls.config_class.from_pretrained(pretrained_model_name_or_path)
+            refs = [ref for ref in (getattr(config, "auto_map", None) or {}).values()
+                    if ref.rsplit(".", 1)[-1] == cls.__name__]
+            if refs:
+                bundle_class = get_class_from_dynamic_module(refs[0], pretrained_model_name_or_path)
+                if bundle_class is not cls:
+                    if "config" in kwargs:  # the bundle's own config class, with the same values
+                        kwargs["config"] = bundle_class.config_class.from_dict(config.to_dict())
+                    return bundle_class.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
 __all__ = [
+    "BundleCodeFirstMixin",
     "additive_mask",
     "eager_attention_forward",
     "sincos_2d_position_embedding",

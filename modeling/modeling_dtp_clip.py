@@ -16,6 +16,7 @@ from transformers.utils import ModelOutput
 
 from ..configuration.configuration_dtp_clip import DTPCLIPConfig
 from ..modeling.modeling_dtp_vit import DTPViTModel, dtp_vit_config_from_clip_vision, load_clip_vision_weights
+from .modeling_common import BundleCodeFirstMixin
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _l2_normalise(embeds: torch.Tensor) -> torch.Tensor:
     return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
 
 
-class DTPCLIPPreTrainedModel(PreTrainedModel):
+class DTPCLIPPreTrainedModel(BundleCodeFirstMixin, PreTrainedModel):
     config_class = DTPCLIPConfig
     base_model_prefix = "dtp_clip"
     input_modalities = ("image", "text")

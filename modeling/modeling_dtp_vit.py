@@ -21,7 +21,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from ..configuration.configuration_dtp_vit import DTPViTConfig
-from .modeling_common import additive_mask, eager_attention_forward, split_heads
+from .modeling_common import BundleCodeFirstMixin, additive_mask, eager_attention_forward, split_heads
 
 
 @dataclass
@@ -232,7 +232,7 @@ class BinomialBoundaryLoss(nn.Module):
         return -binomial.log_prob(boundaries.float().sum(dim=-1)).mean() / num_tokens
 
 
-class DTPViTPreTrainedModel(PreTrainedModel):
+class DTPViTPreTrainedModel(BundleCodeFirstMixin, PreTrainedModel):
     config_class = DTPViTConfig
     base_model_prefix = "dtp_vit"
     main_input_name = "pixel_values"

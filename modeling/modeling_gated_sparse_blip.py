@@ -28,7 +28,13 @@ from ..configuration.configuration_gated_sparse_blip import GatedSparseBlipConfi
 # The pipeline that config.json's `custom_pipelines` names: imported so that `save_pretrained` of a remotely loaded
 # captioner copies its file along with this one.
 from ..processing.pipeline_image_to_text import ImageToTextPipeline  # noqa: F401
-from .modeling_common import additive_mask, eager_attention_forward, sincos_2d_position_embedding, split_heads
+from .modeling_common import (
+    BundleCodeFirstMixin,
+    additive_mask,
+    eager_attention_forward,
+    sincos_2d_position_embedding,
+    split_heads,
+)
 
 
 @dataclass
@@ -575,7 +581,7 @@ def _cross_attention_is_cached(cache: Cache | None) -> bool:
     return isinstance(cache, EncoderDecoderCache) and bool(cache.is_updated.get(0, False))
 
 
-class GatedSparseBlipPreTrainedModel(PreTrainedModel):
+class GatedSparseBlipPreTrainedModel(BundleCodeFirstMixin, PreTrainedModel):
     config_class = GatedSparseBlipConfig
     config: GatedSparseBlipConfig
     base_model_prefix = "model"

@@ -24,7 +24,7 @@ from ..configuration.configuration_qvision import QVisionConfig
 # The pipeline that config.json's `custom_pipelines` names: imported so that `save_pretrained` of a remotely loaded
 # captioner copies its file along with this one.
 from ..processing.pipeline_image_to_text import ImageToTextPipeline  # noqa: F401
-from .modeling_common import eager_attention_forward, sincos_2d_position_embedding, split_heads
+from .modeling_common import BundleCodeFirstMixin, eager_attention_forward, sincos_2d_position_embedding, split_heads
 
 
 @dataclass
@@ -309,7 +309,7 @@ class GatedCrossAttentionBlock(GradientCheckpointingLayer):
         return hidden_states, weights
 
 
-class QVisionPreTrainedModel(PreTrainedModel):
+class QVisionPreTrainedModel(BundleCodeFirstMixin, PreTrainedModel):
     config_class = QVisionConfig
     base_model_prefix = "qvision"
     input_modalities = ("image", "text")

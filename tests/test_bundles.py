@@ -76,3 +76,20 @@ def test_a_new_qvision_export_captions_deterministically(tmp_path, image_path):
     assert not generation.get("do_sample", False)
     captions = run_fresh(REPEAT, tmp_path, str(tmp_path / "export"), image_path)
     assert len(set(captions)) == 1, captions
+
+
+@pytest.mark.parametrize("family", ["dtp_vit", "gated_sparse_blip"])
+def test_trust_remote_code_runs_the_bundle_code_even_with_leanvision_imported(family, tmp_path):
+    import leanvision  # noqa: F401  (registers the installed classes with the Auto classes)
+
+    export = tmp_path / "export"
+    export_model(os.path.join(ROOT, family), str(export))
+    modeling = export / f"modeling_{family}.py"
+    modeling.write_text(modeling.read_text() + "\nBUNDLE_MARKER = 'this bundle'\n")
+    bundled = AUTO_CLASS[family].from_pretrained(export, trust_remote_code=True)
+    assert type(bundled).__module__.startswith("transformers_modules.")
+    assert __import__("sys").modules[type(bundled).__module__].BUNDLE_MARKER == "this bundle"
+    installed = AUTO_CLASS[family].from_pretrained(export)
+    assert type(installed).__module__.startswith("leanvision.")
+    for name, tensor in installed.state_dict().items():
+        assert torch.equal(bundled.state_dict()[name], tensor), name
