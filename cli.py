@@ -5,6 +5,7 @@ import sys
 
 from .hub_cards.publish import add_arguments as add_publish_arguments
 from .hub_cards.publish_space import add_arguments as add_publish_space_arguments
+from .hub_cards.serve import add_arguments as add_serve_arguments
 
 
 def _cmd_ablate(args) -> int:
@@ -84,6 +85,12 @@ def _cmd_merge_lora(args) -> int:
 
 def _cmd_publish_space(args) -> int:
     from .hub_cards.publish_space import run
+
+    return run(args)
+
+
+def _cmd_serve(args) -> int:
+    from .hub_cards.serve import run
 
     return run(args)
 
@@ -290,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_publish_space_arguments(p)
     p.set_defaults(func=_cmd_publish_space)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve an export's handler.py over HTTP on 127.0.0.1, as Inference Endpoints runs it",
+        description="Imports EXPORT_DIR/handler.py as the Inference Endpoints container does and answers POST / with "
+        "a JSON body {\"inputs\": IMAGE, \"parameters\": {...}} (IMAGE: base64 or an http(s) URL) or a raw image body "
+        "(Content-Type: image/png or image/jpeg): 200 with the answer, 400 {\"error\": ...} for a bad request. "
+        "Example: leanvision serve outputs/dtp_vit_digits-export --port 8080, then "
+        "curl -H 'Content-Type: image/png' --data-binary @digit.png http://127.0.0.1:8080/",
+    )
+    add_serve_arguments(p)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
         "train",

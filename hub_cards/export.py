@@ -1,9 +1,11 @@
 """`leanvision export`: a flat, Hub-ready folder with safetensors weights, processor files and remote code."""
 
 import ast
+import importlib.metadata
 import json
 import os
 import re
+import sys
 
 from ..training.families import family_of_model_dir, load_saved
 from ..training.files import staged_folder
@@ -14,6 +16,13 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_DIRS = ("configuration", "modeling", "processing")
 _SIBLING_IMPORT = re.compile(r"^from \.\.(?:configuration|modeling|processing)\.(\w+) import ", re.MULTILINE)
 _FORBIDDEN_IMPORT = re.compile(r"^\s*(?:from\s+\.\.|from\s+leanvision\b|import\s+leanvision\b)", re.MULTILINE)
+# The Inference Endpoints handler every bundle ships, copied verbatim (see handler.py), and the modules its
+# requirements.txt leaves out because the endpoint container (and any transformers user) has them.
+HANDLER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handler.py")
+PROVIDED_MODULES = frozenset({"torch", "transformers"})
+REQUIREMENTS_HEADER = (
+    "# Packages the code in this repository imports beyond torch and transformers (for Inference Endpoints).\n"
+)
 
 
 def flatten_source(text: str, name: str = "<source>") -> str:
@@ -71,6 +80,40 @@ def bundle_sources(family) -> list[str]:
     return sorted(found)
 
 
+def imported_modules(folder: str) -> set[str]:
+    """The top-level modules that the Python files in `folder` import absolutely, without the standard library and
+    the folder's own modules."""
+    found = set()
+    own = {name[:-3] for name in os.listdir(folder) if name.endswith(".py")}
+    for name in sorted(own):
+        with open(os.path.join(folder, f"{name}.py")) as f:
+            tree = ast.parse(f.read(), filename=f"{name}.py")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                found.add(node.module.split(".")[0])
+    return found - own - set(sys.stdlib_module_names)
+
+
+def bundle_requirements(folder: str) -> list[str]:
+    """The distributions (pip names) of the modules the bundle in `folder` imports beyond torch and transformers."""
+    distributions = importlib.metadata.packages_distributions()
+    modules = imported_modules(folder) - PROVIDED_MODULES
+    return sorted({distributions.get(module, [module])[0] for module in modules}, key=str.lower)
+
+
+def write_handler(bundle_dir: str) -> None:
+    """Copies handler.py into `bundle_dir` and writes requirements.txt from the imports of every file there."""
+    with open(HANDLER_SOURCE) as f:
+        text = f.read()
+    flatten_source(text, "hub_cards/handler.py")  # refuses any import of the package
+    with open(os.path.join(bundle_dir, "handler.py"), "w") as f:
+        f.write(text)
+    with open(os.path.join(bundle_dir, "requirements.txt"), "w") as f:
+        f.write(REQUIREMENTS_HEADER + "".join(f"{name}\n" for name in bundle_requirements(bundle_dir)))
+
+
 def add_processor_auto_map(bundle_dir: str, auto_map: dict[str, str]) -> None:
     """Writes `auto_map` (e.g. `{"AutoProcessor": "processing_x.XProcessor"}`) into processor_config.json by hand:
     `register_for_auto_class` would instead copy the package-form processor source next to it."""
@@ -96,8 +139,8 @@ def read_eval_results(model_dir: str) -> dict:
 
 def write_flat_bundle(out_dir: str, family, model, processor, metrics: dict, card: str) -> None:
     """Writes the flat bundle of a loaded `family` model into `out_dir` through one staged folder: its remote code
-    (`bundle_sources`), config with auto maps, weights, processor, `metrics` as eval_results.json and `card` as
-    README.md."""
+    (`bundle_sources`), the Inference Endpoints handler.py and requirements.txt, config with auto maps, weights,
+    processor, `metrics` as eval_results.json and `card` as README.md."""
     with staged_folder(out_dir) as tmp_dir:
         for relative in bundle_sources(family):
             with open(os.path.join(PACKAGE_ROOT, relative)) as f:
@@ -116,6 +159,7 @@ def write_flat_bundle(out_dir: str, family, model, processor, metrics: dict, car
                 json.dump(metrics, f, indent=2)
         with open(os.path.join(tmp_dir, "README.md"), "w") as f:
             f.write(card)
+        write_handler(tmp_dir)
 
 
 def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:

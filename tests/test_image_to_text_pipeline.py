@@ -46,7 +46,7 @@ def test_export_writes_flat_bundle_with_auto_maps_and_custom_pipeline(trained):
         "README.md", "config.json", "generation_config.json", "model.safetensors", "processor_config.json",
         "tokenizer.json", "tokenizer_config.json", "configuration_gated_sparse_blip.py", "modeling_common.py",
         "modeling_gated_sparse_blip.py", "processing_common.py", "processing_gated_sparse_blip.py",
-        "pipeline_image_to_text.py",
+        "pipeline_image_to_text.py", "handler.py", "requirements.txt",
     ])
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"] == {

@@ -74,8 +74,8 @@ def test_dry_run_writes_the_folder_and_sends_nothing(model_dir, hub, tmp_path):
     assert publish(str(model_dir), REPO, dry_run=True, out_dir=str(out)) == str(out)
     assert hub.requests == []
     assert sorted(os.listdir(out)) == sorted([
-        "README.md", "config.json", "configuration_dtp_vit.py", "eval_results.json", "model.safetensors",
-        "modeling_common.py", "modeling_dtp_vit.py", "preprocessor_config.json",
+        "README.md", "config.json", "configuration_dtp_vit.py", "eval_results.json", "handler.py", "model.safetensors",
+        "modeling_common.py", "modeling_dtp_vit.py", "preprocessor_config.json", "requirements.txt",
     ])
     card = (out / "README.md").read_text()
     assert f'model="{REPO}"' in card and "| Accuracy (`accuracy`) | 0.8125 |" in card
