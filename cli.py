@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from huggingface_hub.errors import StrictDataclassError
+
 from .hub_cards.publish import add_arguments as add_publish_arguments
 from .hub_cards.publish_space import add_arguments as add_publish_space_arguments
 from .hub_cards.serve import add_arguments as add_serve_arguments
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, StrictDataclassError) as err:
         print(f"leanvision {args.command}: error: {err}", file=sys.stderr)
         return 2
 

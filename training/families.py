@@ -149,6 +149,7 @@ def family_of_model_dir(model_dir: str) -> Family:
 def load_saved(model_dir: str) -> tuple[Family, object, object]:
     """(family, model in eval mode, processor) of a saved or exported model folder, with clear errors for a
     corrupted weights file and for missing processor files."""
+    from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
 
     family = family_of_model_dir(model_dir)
@@ -156,6 +157,8 @@ def load_saved(model_dir: str) -> tuple[Family, object, object]:
         model = family.model_class.from_pretrained(model_dir).eval()
     except SafetensorError as err:
         raise ValueError(f"the weights in {model_dir!r} (model.safetensors) are corrupted or incomplete: {err}") from None
+    except StrictDataclassError as err:
+        raise ValueError(f"config.json in {model_dir!r} is invalid: {' '.join(str(err).split())}") from None
     try:
         processor = family.load_processor(model_dir)
     except OSError as err:
