@@ -34,6 +34,7 @@ def measure_kept_fraction(model, processor, images, captions, batch_size: int = 
     """Fraction of allowed (query, key) connections with non-zero attention probability, teacher-forced on
     `captions`: {"self": ..., "cross": ...}, summed over layers, heads and real query tokens."""
     collator = CaptionCollator(processor, "caption", "image", max_length=64)
+    model.set_attn_implementation("eager")  # dense attention returns its maps only when eager
     kept = {"self": 0, "cross": 0}
     allowed = {"self": 0, "cross": 0}
     for start in range(0, len(images), batch_size):

@@ -196,6 +196,7 @@ def analyze(
     if captions is not None and len(captions) != len(images):
         raise ValueError(f"got {len(captions)} captions for {len(images)} images")
     model.eval()
+    model.set_attn_implementation("eager")  # attention maps come from eager attention, as in transformers
     tokenizer = processor.tokenizer
     pixel_values = processor(images=images)["pixel_values"].to(model.device)
     image_outputs = model.get_image_features(pixel_values, output_attentions=True)
