@@ -10,10 +10,12 @@ Exported bundles carry this file next to the model files (remote code is flat); 
 transformers.
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
-from transformers.modeling_utils import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 
 def split_heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -47,7 +49,12 @@ def eager_attention_forward(
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
-    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return _softmax_attention(module, scores, value, dropout)
+
+
+def _softmax_attention(module, scores, value, dropout):
+    """softmax (in float32) of the scores, dropout, times V; output transposed to (B, Q, H, d)."""
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     output = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
     return output.transpose(1, 2).contiguous(), probs
 
@@ -102,14 +109,29 @@ def top_k_sparse_attention_forward(
     else:
         allowed = torch.ones_like(scores, dtype=torch.bool)
     keep = top_k_keep_mask(scores, allowed, sparsity)
-    scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
-    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    output = torch.matmul(nn.functional.dropout(probs, p=dropout, training=module.training), value)
-    return output.transpose(1, 2).contiguous(), probs
+    return _softmax_attention(module, scores.masked_fill(~keep, torch.finfo(scores.dtype).min), value, dropout)
 
 
 # Beside transformers' own ("sdpa", "flash_attention_2", "flex_attention", ...); "eager" is each caller's default.
 AttentionInterface.register("top_k_sparse", top_k_sparse_attention_forward)
+
+
+class InterfaceAttention(nn.Module):
+    """Base of the attention layers: `attend` hands query, key and value to the function registered in transformers'
+    `ALL_ATTENTION_FUNCTIONS` for the config's `_attn_implementation` (eager by default). Subclasses set `config`,
+    `scaling` and `dropout`; causality, where there is any, is part of the mask."""
+
+    is_causal = False
+
+    def attend(self, query, key, value, attention_mask, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`query` (B, H, Q, d), `key`/`value` (B, H, K, d) -> output (B, Q, H, d), probabilities or None."""
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation or "eager", eager_attention_forward
+        )
+        dropout = self.dropout if self.training else 0.0
+        return attention_interface(
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs
+        )
 
 
 def sincos_2d_position_embedding(
@@ -157,6 +179,7 @@ class BundleCodeFirstMixin:
 
 __all__ = [
     "BundleCodeFirstMixin",
+    "InterfaceAttention",
     "additive_mask",
     "eager_attention_forward",
     "sincos_2d_position_embedding",

@@ -7,7 +7,6 @@ Paper: Nawrot et al., 2023, "Efficient Transformers with Dynamic Token Pooling".
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,11 +16,10 @@ from transformers import AutoConfig, CLIPModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from ..configuration.configuration_dtp_vit import DTPViTConfig
-from .modeling_common import BundleCodeFirstMixin, additive_mask, eager_attention_forward, split_heads
+from .modeling_common import BundleCodeFirstMixin, InterfaceAttention, additive_mask, split_heads
 
 
 @dataclass
@@ -89,7 +87,7 @@ class DTPViTEmbeddings(nn.Module):
         return torch.cat([cls, patches], dim=1) + self.position_embedding
 
 
-class DTPViTAttention(nn.Module):
+class DTPViTAttention(InterfaceAttention):
     """Multi-head self-attention through the config's attention function: softmax(Q K^T / sqrt(d) + M) V W_o."""
 
     def __init__(self, config: DTPViTConfig):
@@ -98,7 +96,6 @@ class DTPViTAttention(nn.Module):
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = config.attention_probs_dropout_prob
-        self.is_causal = False
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
@@ -108,19 +105,7 @@ class DTPViTAttention(nn.Module):
         query = split_heads(self.q_proj(hidden_states), self.head_dim)
         key = split_heads(self.k_proj(hidden_states), self.head_dim)
         value = split_heads(self.v_proj(hidden_states), self.head_dim)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        context, probs = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-            **kwargs,
-        )
+        context, probs = self.attend(query, key, value, attention_mask, **kwargs)
         return self.out_proj(context.reshape(*hidden_states.shape[:-1], -1)), probs
 
 

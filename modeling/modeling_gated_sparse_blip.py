@@ -30,6 +30,7 @@ from ..configuration.configuration_gated_sparse_blip import GatedSparseBlipConfi
 from ..processing.pipeline_image_to_text import ImageToTextPipeline  # noqa: F401
 from .modeling_common import (
     BundleCodeFirstMixin,
+    InterfaceAttention,
     additive_mask,
     eager_attention_forward,
     sincos_2d_position_embedding,
@@ -201,7 +202,7 @@ class TopKSparseAttention(nn.Module):
         )
 
 
-class GatedSparseBlipVisionAttention(nn.Module):
+class GatedSparseBlipVisionAttention(InterfaceAttention):
     """BLIP vision multi-head self-attention (fused qkv) through the config's attention function, padded keys masked."""
 
     def __init__(self, config: GatedSparseBlipConfig):
@@ -211,7 +212,6 @@ class GatedSparseBlipVisionAttention(nn.Module):
         self.head_dim = self.embed_dim // config.vision_num_attention_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = config.dropout
-        self.is_causal = False
         self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim)
         self.projection = nn.Linear(self.embed_dim, self.embed_dim)
 
@@ -219,19 +219,7 @@ class GatedSparseBlipVisionAttention(nn.Module):
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         query, key, value = (split_heads(x, self.head_dim) for x in self.qkv(hidden_states).chunk(3, dim=-1))
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        context, probs = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-            **kwargs,
-        )
+        context, probs = self.attend(query, key, value, attention_mask, **kwargs)
         return self.projection(context.reshape(*hidden_states.shape[:-1], -1)), probs
 
 

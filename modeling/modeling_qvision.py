@@ -1,6 +1,5 @@
 """PyTorch QVisionMultiModel: frozen CLIP tower -> Q-Former -> GPT-Neo with Flamingo-style gated cross-attention."""
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +15,6 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
@@ -24,7 +22,7 @@ from ..configuration.configuration_qvision import QVisionConfig
 # The pipeline that config.json's `custom_pipelines` names: imported so that `save_pretrained` of a remotely loaded
 # captioner copies its file along with this one.
 from ..processing.pipeline_image_to_text import ImageToTextPipeline  # noqa: F401
-from .modeling_common import BundleCodeFirstMixin, eager_attention_forward, sincos_2d_position_embedding, split_heads
+from .modeling_common import BundleCodeFirstMixin, InterfaceAttention, sincos_2d_position_embedding, split_heads
 
 
 @dataclass
@@ -115,7 +113,7 @@ class QVisionCausalLMOutputWithPast(ModelOutput):
     image_key_values: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
 
 
-class QVisionAttention(nn.Module):
+class QVisionAttention(InterfaceAttention):
     """
     Multi-head attention `Attn(X, Y) = softmax(Q K^T / sqrt(d_head)) V W_o` with `Q = X W_q`, `K = Y W_k`,
     `V = Y W_v`; self-attention when `Y = X`. No mask: queries and image tokens are all valid. The softmax step is
@@ -131,7 +129,6 @@ class QVisionAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.scaling = self.head_dim**-0.5
         self.dropout = dropout
-        self.is_causal = False
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -155,19 +152,7 @@ class QVisionAttention(nn.Module):
             key_value = self.project_key_value(hidden_states if key_value_states is None else key_value_states)
         key, value = key_value
         query = split_heads(self.q_proj(hidden_states), self.head_dim)
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        context, weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            None,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-            **kwargs,
-        )
+        context, weights = self.attend(query, key, value, None, **kwargs)
         return self.out_proj(context.reshape(*hidden_states.shape[:-1], -1)), weights
 
 
