@@ -14,6 +14,8 @@ from ..training.arguments import TRAINING_RECORD
 
 TEMPLATE_DIR = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE_IMAGE = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/cats.png"
+# An image of the model's own built-in training data (digits, shapes), shipped in the bundle for its widget.
+EXAMPLE_FILE = "example.png"
 DEFAULT_CANDIDATE_LABELS = ("two cats", "a dog", "a car")
 # Parameter count under which a card says it describes a small demonstration model.
 SMALL_MODEL_PARAMETERS = 10_000_000
@@ -169,6 +171,29 @@ def recipe_from_model_dir(model_dir: str) -> list[tuple[str, str]]:
     return [(name, value) for name, value in facts if value is not None]
 
 
+def example_image(model_dir: str):
+    """(PIL image) A held-out image of the built-in data the model in `model_dir` was trained on (scikit-learn's
+    digits, or the shapes sets, per its training record), for the widget and the snippets of its card; None for other
+    data (the card then shows a photo from the Hub)."""
+    path = os.path.join(model_dir, TRAINING_RECORD)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = json.load(f).get("training data") or ""
+    if "built in" not in data:
+        return None
+    if "digits" in data:
+        from ..training.data.digits import digits_dataset
+
+        return digits_dataset()["test"][0]["image"].convert("RGB")
+    if "shapes" in data:
+        from ..training.data.shapes import make_shapes_dataset
+
+        max_objects = 1 if "single-object" in data else 3
+        return make_shapes_dataset(1, seed=0, max_objects=max_objects, split="test")[0]["image"].convert("RGB")
+    return None
+
+
 def check_public(text: str) -> None:
     """Refuses text that names a local folder of the publishing machine (home, working or temp directory) or a token."""
     for folder in {os.path.expanduser("~"), os.getcwd(), tempfile.gettempdir()}:
@@ -191,12 +216,15 @@ def _auto_class(family) -> str:
 
 def render_card(family, config, metrics: dict | None, repo_id: str | None = None, base_model=None, datasets=None,
                 recipe=None, evaluation: dict | None = None, num_parameters: int | None = None,
-                license: str = "apache-2.0", candidate_labels=DEFAULT_CANDIDATE_LABELS) -> str:
+                license: str = "apache-2.0", candidate_labels=DEFAULT_CANDIDATE_LABELS, example: str | None = None,
+                requirements=()) -> str:
     """The README.md of an exported `family` model.
 
     `metrics`: train.py's eval_results.json; `evaluation`: a `leanvision evaluate --out` report; `base_model` and
     `datasets`: Hub ids (one or a list) of the checkpoints it started from and its training data; `recipe`: (name,
-    value) training facts (e.g. `recipe_from_model_dir`); `repo_id`: where it will live (used in the snippets).
+    value) training facts (e.g. `recipe_from_model_dir`); `repo_id`: where it will live (used in the snippets);
+    `example`: the file name of an example image shipped in the repository (default: a photo on the Hub), used by the
+    widget and the snippets; `requirements`: the packages the code needs beyond torch and transformers.
     Metrics measured on a named dataset also go into the `model-index` metadata.
     """
     if repo_id is not None:
@@ -213,7 +241,12 @@ def render_card(family, config, metrics: dict | None, repo_id: str | None = None
         for row in rows
         if row["dataset"]
     ]
-    widget = {"src": EXAMPLE_IMAGE, "example_title": "Cats"}
+    repo = repo_id or "path/to/this/folder"
+    if example is None:
+        example_url, widget = EXAMPLE_IMAGE, {"src": EXAMPLE_IMAGE, "example_title": "Cats"}
+    else:
+        example_url = f"https://huggingface.co/{repo_id}/resolve/main/{example}" if repo_id else f"{repo}/{example}"
+        widget = {"src": example_url if repo_id else example, "example_title": "An image like the training data"}
     if family.pipeline_tag == "zero-shot-image-classification":
         widget["candidate_labels"] = ", ".join(candidate_labels)
     data = ModelCardData(
@@ -236,10 +269,11 @@ def render_card(family, config, metrics: dict | None, repo_id: str | None = None
         partials=_ENV.get_template("partials.jinja").module,
         title=model_name,
         config=config,
-        repo=repo_id or "path/to/this/folder",
+        repo=repo,
         auto_class=_auto_class(family),
         processor_class="AutoProcessor" if family.processor_auto_map else "AutoImageProcessor",
-        example_url=EXAMPLE_IMAGE,
+        example_url=example_url,
+        requirements=list(requirements),
         candidate_labels=list(candidate_labels),
         architecture=[(label, value) for label, value in architecture if value is not None],
         num_labels=len(getattr(config, "id2label", None) or {}),

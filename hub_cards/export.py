@@ -9,7 +9,7 @@ import sys
 
 from ..training.families import family_of_model_dir, load_saved
 from ..training.files import staged_folder
-from .cards import recipe_from_model_dir, render_card
+from .cards import EXAMPLE_FILE, example_image, recipe_from_model_dir, render_card
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The package folders whose modules a bundle may ship (flat, so their module names never repeat).
@@ -80,14 +80,14 @@ def bundle_sources(family) -> list[str]:
     return sorted(found)
 
 
-def imported_modules(folder: str) -> set[str]:
-    """The top-level modules that the Python files in `folder` import absolutely, without the standard library and
-    the folder's own modules."""
+def imported_modules(paths: list[str]) -> set[str]:
+    """The top-level modules that the Python files `paths` import absolutely, without the standard library and the
+    files' own modules (a flat bundle imports its siblings relatively)."""
     found = set()
-    own = {name[:-3] for name in os.listdir(folder) if name.endswith(".py")}
-    for name in sorted(own):
-        with open(os.path.join(folder, f"{name}.py")) as f:
-            tree = ast.parse(f.read(), filename=f"{name}.py")
+    own = {os.path.basename(path)[:-3] for path in paths}
+    for path in sorted(paths):
+        with open(path) as f:
+            tree = ast.parse(f.read(), filename=os.path.basename(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 found |= {alias.name.split(".")[0] for alias in node.names}
@@ -96,11 +96,22 @@ def imported_modules(folder: str) -> set[str]:
     return found - own - set(sys.stdlib_module_names)
 
 
-def bundle_requirements(folder: str) -> list[str]:
-    """The distributions (pip names) of the modules the bundle in `folder` imports beyond torch and transformers."""
+def requirements_of(paths: list[str]) -> list[str]:
+    """The distributions (pip names) of the modules the files `paths` import beyond torch and transformers."""
     distributions = importlib.metadata.packages_distributions()
-    modules = imported_modules(folder) - PROVIDED_MODULES
+    modules = imported_modules(paths) - PROVIDED_MODULES
     return sorted({distributions.get(module, [module])[0] for module in modules}, key=str.lower)
+
+
+def bundle_requirements(folder: str) -> list[str]:
+    """What the bundle in `folder` needs beyond torch and transformers (its requirements.txt)."""
+    return requirements_of([os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".py")])
+
+
+def family_requirements(family) -> list[str]:
+    """What a bundle of `family` will need beyond torch and transformers, read from the package sources (for the
+    card, rendered before the bundle exists)."""
+    return requirements_of([os.path.join(PACKAGE_ROOT, path) for path in bundle_sources(family)] + [HANDLER_SOURCE])
 
 
 def write_handler(bundle_dir: str) -> None:
@@ -137,11 +148,14 @@ def read_eval_results(model_dir: str) -> dict:
         return json.load(f)
 
 
-def write_flat_bundle(out_dir: str, family, model, processor, metrics: dict, card: str) -> None:
+def write_flat_bundle(out_dir: str, family, model, processor, metrics: dict, card: str, example=None) -> None:
     """Writes the flat bundle of a loaded `family` model into `out_dir` through one staged folder: its remote code
     (`bundle_sources`), the Inference Endpoints handler.py and requirements.txt, config with auto maps, weights,
-    processor, `metrics` as eval_results.json and `card` as README.md."""
+    processor, `metrics` as eval_results.json, `card` as README.md and the `example` image (PIL), if any, as
+    EXAMPLE_FILE (the card's widget and snippets use it)."""
     with staged_folder(out_dir) as tmp_dir:
+        if example is not None:
+            example.save(os.path.join(tmp_dir, EXAMPLE_FILE))
         for relative in bundle_sources(family):
             with open(os.path.join(PACKAGE_ROOT, relative)) as f:
                 text = flatten_source(f.read(), relative)
@@ -169,7 +183,9 @@ def export_model(model_dir: str, out_dir: str, overwrite: bool = False) -> str:
         raise ValueError(f"output folder {out_dir!r} exists; pass overwrite=True (--overwrite) to replace it")
     family, model, processor = load_saved(model_dir)
     metrics = read_eval_results(model_dir)
+    example = example_image(model_dir)
     card = render_card(family, model.config, metrics, recipe=recipe_from_model_dir(model_dir),
-                       num_parameters=model.num_parameters())
-    write_flat_bundle(out_dir, family, model, processor, metrics, card)
+                       num_parameters=model.num_parameters(), example=EXAMPLE_FILE if example else None,
+                       requirements=family_requirements(family))
+    write_flat_bundle(out_dir, family, model, processor, metrics, card, example)
     return out_dir

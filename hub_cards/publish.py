@@ -18,19 +18,20 @@ def write_bundle(model_dir: str, repo_id: str, out_dir: str, base_model=None, da
     and the folder staged once (built beside `out_dir` and renamed at the end, so a failure leaves no partial
     folder)."""
     from ..training.families import load_saved
-    from .cards import recipe_from_model_dir, render_card
-    from .export import read_eval_results, write_flat_bundle
+    from .cards import EXAMPLE_FILE, example_image, recipe_from_model_dir, render_card
+    from .export import family_requirements, read_eval_results, write_flat_bundle
 
     if os.path.exists(out_dir):
         raise ValueError(f"output folder {out_dir!r} exists; choose a new --out-dir")
     family, model, processor = load_saved(model_dir)
     metrics = read_eval_results(model_dir)
+    example = example_image(model_dir)
     card = render_card(
         family, model.config, metrics, repo_id=repo_id, base_model=base_model, datasets=datasets,
         recipe=recipe_from_model_dir(model_dir), evaluation=evaluation, num_parameters=model.num_parameters(),
-        license=license,
+        license=license, example=EXAMPLE_FILE if example else None, requirements=family_requirements(family),
     )
-    write_flat_bundle(out_dir, family, model, processor, metrics, card)
+    write_flat_bundle(out_dir, family, model, processor, metrics, card, example)
     return out_dir
 
 

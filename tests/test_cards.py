@@ -1,6 +1,7 @@
 """Model cards of every family: Hub metadata (widget, model-index), evaluation tables equal to the evaluation JSON,
 usage snippets with the repo id, and no local path or token."""
 
+import json
 import os
 import re
 
@@ -162,3 +163,57 @@ def test_cards_refuse_local_paths_and_tokens(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="token"):
         check_public("token: hf_" + "a1B2" * 8)
     check_public("see https://huggingface.co/alice/model")
+
+
+def _with_training_record(tmp_path, family, training_data):
+    import shutil
+
+    from leanvision.training.arguments import TRAINING_RECORD
+
+    model_dir = tmp_path / family
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "fixtures", "saved_v0_1", family), model_dir)
+    (model_dir / TRAINING_RECORD).write_text(json.dumps({"family": family, "training data": training_data}))
+    return model_dir
+
+
+def test_cards_show_an_image_of_the_training_data_and_the_repo_id_and_name_their_requirements(tmp_path):
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from leanvision.hub_cards.export import export_model
+    from leanvision.hub_cards.publish import publish
+    from leanvision.training.data.digits import digits_dataset
+
+    digits = _with_training_record(tmp_path, "dtp_vit", "scikit-learn's digits (built in)")
+    export = tmp_path / "digits-export"
+    export_model(str(digits), str(export))
+    example = np.asarray(Image.open(export / "example.png"))
+    assert np.array_equal(example, np.asarray(digits_dataset()["test"][0]["image"].convert("RGB")))
+    card = (export / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["widget"][0]["src"] == "example.png" and EXAMPLE_IMAGE not in card
+    assert 'classify("path/to/this/folder/example.png")' in card
+    assert "diffusers" not in card
+
+    published = tmp_path / "digits-publish"
+    publish(str(digits), "someone/dtp-vit-digits", dry_run=True, out_dir=str(published))
+    card = (published / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["widget"][0]["src"] == "https://huggingface.co/someone/dtp-vit-digits/resolve/main/example.png"
+    assert "path/to/this/folder" not in card and 'model="someone/dtp-vit-digits"' in card
+
+    shapes = _with_training_record(tmp_path, "gated_sparse_blip", "the shapes captions (built in)")
+    export = tmp_path / "shapes-export"
+    export_model(str(shapes), str(export))
+    card = (export / "README.md").read_text()
+    lines = (export / "requirements.txt").read_text().splitlines()
+    requirements = [line for line in lines if line and not line.startswith("#")]
+    assert "diffusers" in requirements
+    assert f'pip install "transformers>=5" torch {" ".join(requirements)}' in card
+    assert Image.open(export / "example.png").size == (64, 64)
+
+    photo = _with_training_record(tmp_path, "qvision_multimodel", "AKCIT/coco2017-captioning")
+    export = tmp_path / "photo-export"
+    export_model(str(photo), str(export))
+    assert not (export / "example.png").exists() and EXAMPLE_IMAGE in (export / "README.md").read_text()
