@@ -18,6 +18,16 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 
+def check_pixel_values(pixel_values: torch.Tensor) -> None:
+    """Refuses an empty batch and NaN / inf pixels (they would give NaN outputs or empty captions without a word);
+    one `isfinite` reduction per forward."""
+    if pixel_values.dim() >= 1 and pixel_values.shape[0] == 0:
+        shape = tuple(pixel_values.shape)
+        raise ValueError(f"`pixel_values` is an empty batch (shape {shape}): pass at least one image.")
+    if pixel_values.is_floating_point() and not torch.isfinite(pixel_values).all():
+        raise ValueError("`pixel_values` contain NaN or inf values.")
+
+
 def split_heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
     """`(batch, length, heads * head_dim)` -> `(batch, heads, length, head_dim)`."""
     return states.view(*states.shape[:-1], -1, head_dim).transpose(1, 2)
@@ -178,6 +188,7 @@ class BundleCodeFirstMixin:
 
 
 __all__ = [
+    "check_pixel_values",
     "BundleCodeFirstMixin",
     "InterfaceAttention",
     "additive_mask",

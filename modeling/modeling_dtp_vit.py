@@ -19,7 +19,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ..configuration.configuration_dtp_vit import DTPViTConfig
-from .modeling_common import BundleCodeFirstMixin, InterfaceAttention, additive_mask, split_heads
+from .modeling_common import BundleCodeFirstMixin, InterfaceAttention, additive_mask, check_pixel_values, split_heads
 
 
 @dataclass
@@ -81,6 +81,7 @@ class DTPViTEmbeddings(nn.Module):
                 f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), "
                 f"got {tuple(pixel_values.shape)}"
             )
+        check_pixel_values(pixel_values)
         dtype = self.patch_embedding.weight.dtype
         patches = self.patch_embedding(pixel_values.to(dtype)).flatten(2).transpose(1, 2)
         cls = self.class_embedding.expand(patches.shape[0], 1, -1)

@@ -22,7 +22,9 @@ from ..configuration.configuration_qvision import QVisionConfig
 # The pipeline that config.json's `custom_pipelines` names: imported so that `save_pretrained` of a remotely loaded
 # captioner copies its file along with this one.
 from ..processing.pipeline_image_to_text import ImageToTextPipeline  # noqa: F401
-from .modeling_common import BundleCodeFirstMixin, InterfaceAttention, sincos_2d_position_embedding, split_heads
+from .modeling_common import (
+    BundleCodeFirstMixin, InterfaceAttention, check_pixel_values, sincos_2d_position_embedding, split_heads,
+)
 
 
 @dataclass
@@ -344,6 +346,7 @@ class QVisionPreTrainedModel(BundleCodeFirstMixin, PreTrainedModel):
 
     def get_image_features(self, pixel_values: torch.Tensor, output_attentions: bool = False) -> QVisionModelOutput:
         """Encode images into the image tokens the decoder attends to."""
+        check_pixel_values(pixel_values)
         # No autograd graph through the tower while it is frozen.
         tower_trainable = any(p.requires_grad for p in self.vision_model.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trainable):
