@@ -11,7 +11,9 @@ It works for any model whose processor takes `images=` and whose model has `gene
 
 from PIL import Image
 from transformers import GenerationConfig, Pipeline
-from transformers.image_utils import is_valid_image, load_image
+from transformers.image_utils import is_valid_image
+
+from .processing_common import DEFAULT_TIMEOUT, load_image
 
 
 class ImageToTextPipeline(Pipeline):
@@ -19,7 +21,8 @@ class ImageToTextPipeline(Pipeline):
     Captions images: `processor(images=image)` -> `model.generate(**inputs, **generate_kwargs)` ->
     `processor.batch_decode(..., skip_special_tokens=True)`.
 
-    Call it on an image (PIL image, numpy array or torch tensor, path or URL) or a list of them. Generation parameters (`max_new_tokens`,
+    Call it on an image (PIL image, numpy array or torch tensor, path, URL or base64 string) or a list of them; URLs are
+    fetched with `timeout` seconds (10 by default). Generation parameters (`max_new_tokens`,
     `num_beams`, `do_sample`, `temperature`, any other `GenerationConfig` field, or a `generate_kwargs` dict) pass
     through to `generate()`; parameters neither given nor set in the model's generation config fall back to
     `max_new_tokens=40`.
@@ -36,10 +39,19 @@ class ImageToTextPipeline(Pipeline):
 
     def _sanitize_parameters(self, generate_kwargs=None, timeout=None, **generation_params):
         preprocess_params = {} if timeout is None else {"timeout": timeout}
-        forward_params = {"generate_kwargs": {**(generate_kwargs or {}), **generation_params}}
-        return preprocess_params, forward_params, {}
+        generate_kwargs = {**(generate_kwargs or {}), **generation_params}
+        for name in ("num_beams", "max_new_tokens", "num_return_sequences"):
+            value = generate_kwargs.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"`{name}` must be a whole number of at least 1, got {value!r}")
+        return preprocess_params, {"generate_kwargs": generate_kwargs}, {}
 
-    def preprocess(self, image, timeout=None):
+    def __call__(self, inputs, *args, **kwargs):
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
+            raise ValueError("no images given: pass an image or a non-empty list of images")
+        return super().__call__(inputs, *args, **kwargs)
+
+    def preprocess(self, image, timeout=DEFAULT_TIMEOUT):
         # Arrays and tensors go to the processor as they are, as in transformers' own image pipelines.
         if not is_valid_image(image) or isinstance(image, Image.Image):
             image = load_image(image, timeout=timeout)

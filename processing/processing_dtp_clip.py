@@ -47,6 +47,11 @@ class DTPCLIPProcessor(ProcessorMixin):
         """
         if images is None and text is None:
             raise ValueError("Pass `images`, `text`, or both.")
+        if text is not None and not isinstance(text, str) and len(text) == 0:
+            raise ValueError(
+                "`text` is an empty list: pass at least one text (zero-shot classification: at least one candidate "
+                "label)."
+            )
         data = {}
         if text is not None:
             if truncation:
@@ -58,7 +63,7 @@ class DTPCLIPProcessor(ProcessorMixin):
                 )
             )
         if images is not None:
-            check_images(images)
+            check_images(images, do_rescale=getattr(self.image_processor, "do_rescale", True))
             data.update(self.image_processor(images, return_tensors=return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)
 

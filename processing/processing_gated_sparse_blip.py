@@ -87,7 +87,7 @@ class GatedSparseBlipProcessor(ProcessorMixin):
 
         data = {}
         if images is not None:
-            check_images(images)
+            check_images(images, do_rescale=getattr(self.image_processor, "do_rescale", True))
             data["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
         if isinstance(latents, (list, tuple)):
             data["latents"], data["latent_mask"] = self.pad_latents(latents)

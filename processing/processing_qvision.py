@@ -66,7 +66,7 @@ class QVisionProcessor(ProcessorMixin):
 
         data = {}
         if images is not None:
-            check_images(images)
+            check_images(images, do_rescale=getattr(self.image_processor, "do_rescale", True))
             data.update(self.image_processor(images, return_tensors="pt"))
         if text is not None:
             data.update(self._encode_text(text, add_eos_token, padding, max_length, padding_side))

@@ -6,49 +6,34 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-# Largest image decoded (width x height), checked from the header before decoding: 8192 x 8192.
-MAX_IMAGE_PIXELS = 8192 * 8192
+from ..processing import processing_common
+
+# Every extension of a format PIL can open (gif, tif, tiff and more besides jpg, png, bmp, webp).
+IMAGE_EXTENSIONS = tuple(sorted(ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN))
+MAX_IMAGE_PIXELS = processing_common.MAX_IMAGE_PIXELS
 
 
 def open_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """An image file as an upright 8-bit RGB PIL image.
+    """An image file as an upright 8-bit RGB PIL image, through the loader the processors' pipeline uses
+    (`processing_common.load_image`).
 
     The size is checked from the header before any pixel is decoded (this limit replaces PIL's decompression-bomb
-    check); EXIF orientation is applied; 16-bit and float grayscale images are scaled to 8 bits (PIL's own conversion
-    would clip them to white); palette, grayscale, RGBA and CMYK become RGB. A missing, truncated or non-image file
-    raises with the file's name.
+    check); EXIF orientation is applied; 16-bit images are scaled from 0-65535 and float images from [0, 1] to 8 bits
+    (PIL's own conversion would clip them to white or black); NaN pixels are refused; palette, grayscale, RGBA and
+    CMYK become RGB. A missing, truncated or non-image file raises with the file's name.
     """
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a folder, not an image file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such image file: {path!r}")
-    pil_limit = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = None  # reading the header only; our limit is checked next
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ValueError(f"{path!r} has {width * height:,} pixels, more than the {max_pixels:,} allowed")
-            image.load()
-            image = ImageOps.exif_transpose(image)
-    except UnidentifiedImageError:
-        raise ValueError(f"{path!r} is not an image file PIL can read") from None
-    except (OSError, SyntaxError) as err:  # truncated or corrupted data
-        raise ValueError(f"{path!r} could not be decoded (truncated or corrupted?): {err}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = pil_limit
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return image.convert("RGB")
+    return processing_common.load_image(path, max_pixels=max_pixels)
 
 
 def image_files(paths: list[str]) -> list[str]:
-    """The image files named in `paths` (jpg, jpeg, png, bmp, webp), folders expanded (sorted, not recursive)."""
-    kinds = "/".join(extension[1:] for extension in IMAGE_EXTENSIONS)
+    """The image files named in `paths` (any format PIL opens: jpg, png, gif, tiff, bmp, webp, ...), folders expanded
+    (sorted, not recursive)."""
     files = []
     for path in paths:
         if os.path.isdir(path):
@@ -58,11 +43,11 @@ def image_files(paths: list[str]) -> list[str]:
                 if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(path, name))
             )
             if not found:
-                raise ValueError(f"folder {path!r} holds no {kinds} images")
+                raise ValueError(f"folder {path!r} holds no image files PIL can open")
             files.extend(found)
         elif os.path.isfile(path):
             if not path.lower().endswith(IMAGE_EXTENSIONS):
-                raise ValueError(f"{path!r} is not a {kinds} image file")
+                raise ValueError(f"{path!r} is not an image file PIL can open (unknown extension)")
             files.append(path)
         else:
             raise FileNotFoundError(f"no such image or folder: {path!r}")
@@ -81,15 +66,63 @@ def replace_dir_atomically(tmp_dir: str, out_dir: str) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+STAGING_PREFIX = ".staging-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, ValueError):  # not a possible process id
+        return False
+    return True
+
+
+def remove_stale_staging(out_dir: str) -> list[str]:
+    """Removes the staging folders beside `out_dir` left by a run of ours that was killed (SIGKILL, power loss): those
+    named for `out_dir` whose process no longer runs. Returns the folders removed."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    prefix = f"{STAGING_PREFIX}{os.path.basename(os.path.abspath(out_dir))}-"
+    removed = []
+    for name in os.listdir(parent) if os.path.isdir(parent) else []:
+        pid = name[len(prefix):].split("-", 1)[0]
+        if name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _ordinary_permissions(folder: str) -> None:
+    """Folders 0755 and files 0644 (under umask 022) instead of tempfile's private 0700 / 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~umask)
+
+
 @contextmanager
 def staged_folder(out_dir: str):
-    """Yields a new temporary folder beside `out_dir` to write into; when the block ends normally it replaces
-    `out_dir`, when it raises it is removed: `out_dir` is never half-written and a previous one survives a failure."""
+    """Yields a new temporary folder beside `out_dir` to write into; when the block ends normally it gets ordinary
+    permissions and replaces `out_dir`, when it raises it is removed: `out_dir` is never half-written and a previous
+    one survives a failure. The folder's name carries this process's id, so staging folders left by a killed run are
+    recognised and removed by the next one."""
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".staging-", dir=parent)
+    remove_stale_staging(out_dir)
+    prefix = f"{STAGING_PREFIX}{os.path.basename(os.path.abspath(out_dir))}-{os.getpid()}-"
+    tmp_dir = tempfile.mkdtemp(prefix=prefix, dir=parent)
     try:
         yield tmp_dir
+        _ordinary_permissions(tmp_dir)
         replace_dir_atomically(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
