@@ -1,9 +1,11 @@
 """The `leanvision` command line: one subcommand per tool."""
 
 import argparse
+import os
 import sys
 
 from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 
 from .hub_cards.publish import add_arguments as add_publish_arguments
 from .hub_cards.publish_space import add_arguments as add_publish_space_arguments
@@ -24,19 +26,50 @@ def _decoding(args) -> dict:
     return decoding_kwargs(args.greedy, args.beams, args.temperature, args.max_new_tokens)
 
 
+def _check_at_least_one(flag: str, value) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{flag} must be at least 1, got {value}")
+
+
+def _open_good_images(command: str, files: list[str]) -> tuple[list[str], list]:
+    """(paths, images) of the files that open; each one that does not is reported on stderr. Raises when none open
+    (a single bad file keeps its own error)."""
+    from .training.files import open_image
+
+    good, images, errors = [], [], []
+    for path in files:
+        try:
+            images.append(open_image(path))
+            good.append(path)
+        except (ValueError, OSError) as err:
+            errors.append(err)
+    if not good:
+        if len(errors) == 1:
+            raise errors[0]
+        raise ValueError(f"none of the {len(files)} images could be read; first error: {errors[0]}")
+    for err in errors:
+        print(f"leanvision {command}: skipped: {err}", file=sys.stderr)
+    return good, images
+
+
 def _cmd_caption(args) -> int:
     import torch
 
-    from .training.files import image_files, open_image
+    from .training.files import image_files
     from .training.inference import caption_images, load_captioner
 
+    _check_at_least_one("--batch-size", args.batch_size)
     generation_kwargs = _decoding(args)
     files = image_files(args.paths)
-    images = [open_image(path) for path in files]
+    good, images = _open_good_images("caption", files)
     _, model, processor = load_captioner(args.model)
     torch.manual_seed(args.seed)
-    for path, caption in zip(files, caption_images(model, processor, images, generation_kwargs, args.batch_size)):
+    for path, caption in zip(good, caption_images(model, processor, images, generation_kwargs, args.batch_size)):
         print(f"{path}\t{caption}")
+    if len(good) < len(files):
+        print(f"leanvision caption: error: {len(files) - len(good)} of {len(files)} images could not be read",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -44,6 +77,8 @@ def _cmd_evaluate(args) -> int:
     from .training.families import family_of_model_dir
     from .training.files import write_json_atomically
 
+    _check_at_least_one("--batch-size", args.batch_size)
+    _check_at_least_one("--max-samples", args.max_samples)
     if family_of_model_dir(args.model_dir).task == "contrastive":
         from .training.evaluation.zero_shot import evaluate_zero_shot
 
@@ -105,14 +140,24 @@ def _cmd_params(args) -> int:
 
 
 def _cmd_analyze(args) -> int:
+    from .training.files import image_files
     from .training.tools.analyze import analyze_saved_model
 
+    _check_at_least_one("--max-new-tokens", args.max_new_tokens)
+    files = image_files(args.images)
+    good, _ = _open_good_images("analyze", files)
+    if len(good) < len(files) and args.captions:
+        raise ValueError(f"{len(files) - len(good)} of the images could not be read; --captions needs every image")
     result = analyze_saved_model(
-        args.model, args.images, args.out_dir, captions=args.captions, max_new_tokens=args.max_new_tokens
+        args.model, good, args.out_dir, captions=args.captions, max_new_tokens=args.max_new_tokens
     )
     for path in result["paths"].values():
         for one in path if isinstance(path, list) else [path]:
             print(one)
+    if len(good) < len(files):
+        print(f"leanvision analyze: error: {len(files) - len(good)} of {len(files)} images could not be read",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -153,11 +198,13 @@ def _cmd_visualize(args) -> int:
     from .training.files import open_image
     from .training.tools.visualize import visualize_boundaries
 
+    images = [open_image(path) for path in args.images]  # every image is checked before anything is written
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise ValueError(f"--out-dir {args.out_dir!r} is an existing file, not a folder")
     family, model, processor = load_saved(args.model)
     vision = getattr(model, "dtp_vit", None) or getattr(model, "vision_model", None)
     if vision is None or not hasattr(vision, "boundary_predictor"):
         raise ValueError(f"{args.model!r} is a {family.name} model, which has no DTP boundaries to draw")
-    images = [open_image(path) for path in args.images]
     image_processor = getattr(processor, "image_processor", processor)
     for path in visualize_boundaries(vision, image_processor, images, args.out_dir):
         print(path)
@@ -338,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, StrictDataclassError) as err:
+    except (ValueError, TypeError, OSError, StrictDataclassError, SafetensorError) as err:
         print(f"leanvision {args.command}: error: {err}", file=sys.stderr)
         return 2
 

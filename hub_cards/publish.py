@@ -147,7 +147,10 @@ def run(args: argparse.Namespace) -> int:
     evaluation = None
     if args.eval_json:
         with open(args.eval_json) as f:
-            evaluation = json.load(f)
+            try:
+                evaluation = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"--eval-json {args.eval_json!r} is not a JSON report: {err}") from None
     result = publish(
         args.model_dir, args.repo_id, private=args.private, revision=args.revision, create_pr=args.create_pr,
         dry_run=args.dry_run, out_dir=args.out_dir, base_model=args.base_model, datasets=args.dataset,

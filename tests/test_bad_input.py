@@ -2,12 +2,17 @@
 photo is turned upright) or raises a ValueError / FileNotFoundError whose message names the problem; never an error
 from deep inside torch, and a failed export leaves no partial folder behind."""
 
+import http.server
 import io
 import json
 import logging
 import os
 import shutil
+import socket
+import stat
 import struct
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -27,6 +32,11 @@ from leanvision.hub_cards.export import export_model
 from leanvision.training.files import open_image
 from leanvision.training.data.tokenizers import char_tokenizer
 from leanvision.training.train import parse_args
+from leanvision.configuration.configuration_qvision import QVisionConfig
+from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
+from leanvision.processing import processing_common
+from leanvision.processing.pipeline_image_to_text import ImageToTextPipeline
+from leanvision.processing.processing_common import load_image
 
 LONG_CAPTION = "a red circle " * 770  # 10,010 characters
 
@@ -139,13 +149,17 @@ def huge_image_is_refused_before_decoding(env):
         open_image(str(path))
 
 
-def truncated_file(env):
+def _truncated_jpeg(env, name: str) -> str:
     buffer = io.BytesIO()
     _rgb_image(size=(64, 64)).save(buffer, format="JPEG")
-    path = env["root"] / "truncated.jpg"
+    path = env["root"] / name
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+    return str(path)
+
+
+def truncated_file(env):
     with pytest.raises(ValueError, match="truncated.jpg' could not be decoded"):
-        open_image(str(path))
+        open_image(_truncated_jpeg(env, "truncated.jpg"))
 
 
 def not_an_image(env):
@@ -290,6 +304,389 @@ def cli_caption_of_a_non_image(env, capsys):
     assert "fake.jpg' is not an image file" in capsys.readouterr().err
 
 
+# --- one image loader for processors, the pipeline and the CLI -----------------------------------------------------
+
+def _pipeline(env):
+    if "pipeline" not in env:
+        from transformers import pipeline
+
+        env["pipeline"] = pipeline(
+            "image-text-to-text", model=str(env["root"] / "gsb"), pipeline_class=ImageToTextPipeline,
+            max_new_tokens=3,
+        )
+    return env["pipeline"]
+
+
+def _pixel_values_of(env, image):
+    return _pipeline(env).preprocess(image)["pixel_values"]
+
+
+def _sixteen_bit_path(env):
+    pixels = (np.arange(64 * 64, dtype=np.float64).reshape(64, 64) / (64 * 64 - 1) * 65535).astype(np.uint16)
+    return _saved(env, Image.fromarray(pixels), "ramp16.png")
+
+
+def sixteen_bit_png_mean(env):
+    # PIL's own convert("RGB") clips 16-bit values to white (mean 254 instead of ~127).
+    assert abs(np.asarray(load_image(_sixteen_bit_path(env))).mean() - 127.5) < 1.5
+
+
+def sixteen_bit_png_through_the_pipeline(env):
+    path = _sixteen_bit_path(env)
+    expected = env["gsb"][1](images=[open_image(path)])["pixel_values"]
+    assert torch.equal(_pixel_values_of(env, path), expected)
+    assert torch.equal(_pixel_values_of(env, Image.open(path)), expected)
+
+
+def float_tiff_in_unit_range(env):
+    pixels = np.full((8, 8), 0.5, dtype=np.float32)
+    image = open_image(_saved(env, Image.fromarray(pixels, mode="F"), "half.tiff"))
+    assert np.asarray(image).mean() == 128
+
+
+def float_tiff_in_byte_range(env):
+    pixels = np.full((8, 8), 200.0, dtype=np.float32)
+    assert np.asarray(open_image(_saved(env, Image.fromarray(pixels, mode="F"), "bytes.tiff"))).mean() == 200
+
+
+def float_tiff_with_nan(env):
+    pixels = np.full((8, 8), 0.5, dtype=np.float32)
+    pixels[2, 3] = np.nan
+    with pytest.raises(ValueError, match="nan.tiff' has NaN or inf pixel values"):
+        open_image(_saved(env, Image.fromarray(pixels, mode="F"), "nan.tiff"))
+
+
+def gif_and_tiff_through_the_cli(env, capsys):
+    gif = _saved(env, _rgb_image(), "shape.gif")
+    tiff = _saved(env, _rgb_image(1), "shape.tif")
+    assert cli_main(["caption", gif, tiff, "--model", str(env["root"] / "gsb"), "--max-new-tokens", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [gif, tiff]
+
+
+def gif_through_the_pipeline(env):
+    path = _saved(env, _rgb_image(), "pipe.gif")
+    assert _pixel_values_of(env, path).shape == (1, 3, 32, 32)
+
+
+def _unit_range_warning_case(make):
+    def case(env, caplog):
+        with caplog.at_level(logging.WARNING):
+            env["qvision"](images=[make()])
+        assert "trying to rescale already rescaled images" in caplog.text
+    return case
+
+
+float_array_in_unit_range_warns = _unit_range_warning_case(
+    lambda: np.random.default_rng(0).random((32, 32, 3)).astype(np.float32))
+float_tensor_in_unit_range_warns = _unit_range_warning_case(lambda: torch.rand(3, 32, 32))
+
+
+def byte_array_does_not_warn(env, caplog):
+    with caplog.at_level(logging.WARNING):
+        env["qvision"](images=[np.zeros((32, 32, 3), dtype=np.uint8)])
+    assert "rescale" not in caplog.text
+
+
+def _bad_array_case(make, match, processor="qvision"):
+    def case(env):
+        with pytest.raises(ValueError, match=match):
+            env[processor](images=[make()], **({"text": ["a"]} if processor == "clip" else {}))
+    return case
+
+
+nan_array_refused = _bad_array_case(lambda: np.full((32, 32, 3), np.nan, dtype=np.float32), "image 0 has NaN or inf")
+inf_tensor_refused = _bad_array_case(lambda: torch.full((3, 32, 32), float("inf")), "image 0 has NaN or inf",
+                                     processor="clip")
+zero_size_array_refused = _bad_array_case(lambda: np.zeros((0, 0, 3), dtype=np.uint8),
+                                          r"image 0 has shape \(0, 0, 3\): it holds no pixels")
+zero_size_pil_refused = _bad_array_case(lambda: Image.new("RGB", (0, 0)), r"image 0 is empty \(0 x 0 pixels\)")
+
+
+def empty_pixel_values_batch_dtp(env):
+    with pytest.raises(ValueError, match=r"`pixel_values` is an empty batch \(shape \(0, 3, 32, 32\)\)"):
+        env["dtp"](pixel_values=torch.zeros(0, 3, 32, 32))
+
+
+def nan_pixel_values_dtp(env):
+    pixel_values = torch.randn(2, 3, 32, 32)
+    pixel_values[1, 0, 4, 4] = float("nan")
+    with pytest.raises(ValueError, match="`pixel_values` contain NaN or inf values"):
+        env["dtp"](pixel_values=pixel_values)
+
+
+def _tiny_qvision():
+    torch.manual_seed(0)
+    return QVisionForConditionalGeneration(QVisionConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        text_config=dict(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=64,
+                         attention_types=[[["global", "local"], 1]], window_size=8, bos_token_id=0, eos_token_id=0),
+        cross_attention_every_n=2, num_query_tokens=4, qformer_hidden_size=32, qformer_num_layers=1,
+        qformer_num_heads=4,
+    )).eval()
+
+
+def nan_pixel_values_qvision(env):
+    model = _tiny_qvision()
+    with pytest.raises(ValueError, match="`pixel_values` contain NaN or inf values"):
+        model.generate(pixel_values=torch.full((1, 3, 32, 32), float("nan")), max_new_tokens=2)
+
+
+def inf_pixel_values_dtp_clip(env):
+    from leanvision.configuration.configuration_dtp_clip import DTPCLIPConfig
+    from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
+
+    torch.manual_seed(0)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                  num_pre_layers=1, num_shortened_layers=1, compression_rate=0.5)
+    try:
+        model = DTPCLIPModel(DTPCLIPConfig(vision_config=vision, text_config=dict(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+            max_position_embeddings=64), projection_dim=16)).eval()
+    except TypeError as err:  # pragma: no cover - config shape differs
+        pytest.skip(str(err))
+    ids = env["clip"](text=["a red circle"])["input_ids"]
+    with pytest.raises(ValueError, match="`pixel_values` contain NaN or inf values"):
+        model(input_ids=ids, pixel_values=torch.full((1, 3, 32, 32), float("inf")))
+
+
+def pipeline_missing_path(env):
+    with pytest.raises(FileNotFoundError, match="no such image file: .*nowhere.png"):
+        _pipeline(env)(str(env["root"] / "nowhere.png"))
+
+
+def pipeline_truncated_jpeg(env):
+    with pytest.raises(ValueError, match="cut.jpg' could not be decoded"):
+        _pipeline(env)(_truncated_jpeg(env, "cut.jpg"))
+
+
+def pipeline_not_an_image(env):
+    path = env["root"] / "text.png"
+    path.write_bytes(b"plain text, not pixels")
+    with pytest.raises(ValueError, match="text.png' is not an image file"):
+        _pipeline(env)(str(path))
+
+
+def pipeline_base64_image(env):
+    buffer = io.BytesIO()
+    _rgb_image().save(buffer, format="PNG")
+    import base64
+
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    assert torch.equal(_pixel_values_of(env, encoded), _pixel_values_of(env, _rgb_image()))
+
+
+def pipeline_empty_list(env):
+    with pytest.raises(ValueError, match="no images given"):
+        _pipeline(env)([])
+
+
+def pipeline_num_beams_zero(env):
+    with pytest.raises(ValueError, match=r"`num_beams` must be a whole number of at least 1, got 0"):
+        _pipeline(env)(_rgb_image(), num_beams=0)
+
+
+def pipeline_max_new_tokens_negative(env):
+    with pytest.raises(ValueError, match=r"`max_new_tokens` must be a whole number of at least 1, got -2"):
+        _pipeline(env)(_rgb_image(), generate_kwargs={"max_new_tokens": -2})
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_error(404, "Not Found")
+
+    def log_message(self, *args):
+        pass
+
+
+def pipeline_http_404(env):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/gone.png"
+    try:
+        with pytest.raises(ValueError, match=f"could not fetch the image '{url}': HTTP 404"):
+            _pipeline(env)(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def pipeline_url_that_never_answers(env):
+    assert processing_common.DEFAULT_TIMEOUT == 10.0
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts the connection, never answers
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/slow.png"
+    start = time.monotonic()
+    try:
+        with pytest.raises(ValueError, match=f"could not fetch the image '{url}': .*timed out"):
+            _pipeline(env)(url, timeout=0.5)
+    finally:
+        listener.close()
+    assert time.monotonic() - start < 5
+
+
+def open_image_of_a_folder(env):
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        open_image(str(env["root"]))
+
+
+# --- text ---------------------------------------------------------------------------------------------------------
+
+def dtp_clip_empty_text_list(env):
+    with pytest.raises(ValueError, match="`text` is an empty list: pass at least one text .*candidate label"):
+        env["clip"](text=[])
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+def _cli(env, capsys, *argv):
+    code = cli_main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+    """The only line of stderr that is not a progress bar."""
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line and "%|" not in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def cli_caption_beams_zero(env, capsys):
+    code, _, err = _cli(env, capsys, "caption", str(env["root"] / "gray.png"), "--model", str(env["root"] / "gsb"),
+                        "--beams", "0")
+    assert code == 2 and err.strip() == "leanvision caption: error: beams must be at least 1, got 0"
+
+
+def _batch_size_case(value):
+    def case(env, capsys):
+        image = _saved(env, _rgb_image(), "batch.png")
+        code, out, err = _cli(env, capsys, "caption", image, "--model", str(env["root"] / "gsb"),
+                              "--batch-size", value)
+        assert code == 2 and out == ""
+        assert err.strip() == f"leanvision caption: error: --batch-size must be at least 1, got {value}"
+    return case
+
+
+cli_caption_batch_size_zero = _batch_size_case("0")
+cli_caption_batch_size_negative = _batch_size_case("-1")
+
+
+def cli_evaluate_max_samples_zero(env, capsys):
+    code, _, err = _cli(env, capsys, "evaluate", str(env["root"] / "gsb"), "--dataset", "shapes",
+                        "--max-samples", "0")
+    assert code == 2 and err.strip() == "leanvision evaluate: error: --max-samples must be at least 1, got 0"
+
+
+def cli_caption_folder_with_a_bad_file(env, capsys):
+    folder = env["root"] / "mixed"
+    folder.mkdir(exist_ok=True)
+    _rgb_image(0).save(folder / "a.png")
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
+    _rgb_image(1).save(folder / "c.png")
+    code, out, err = _cli(env, capsys, "caption", str(folder), "--model", str(env["root"] / "gsb"),
+                          "--max-new-tokens", "2")
+    assert code == 1
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(folder / "a.png"), str(folder / "c.png")]
+    assert "b.jpg' is not an image file" in err and "1 of 3 images could not be read" in err
+
+
+def cli_analyze_max_new_tokens_zero(env, capsys):
+    out_dir = env["root"] / "analysis-zero"
+    code, _, err = _cli(env, capsys, "analyze", str(env["root"] / "gray.png"), "--model", str(env["root"] / "gsb"),
+                        "--out-dir", str(out_dir), "--max-new-tokens", "0")
+    assert code == 2 and "--max-new-tokens must be at least 1, got 0" in err
+    assert not out_dir.exists()
+
+
+def cli_visualize_missing_image(env, capsys):
+    out_dir = env["root"] / "boundaries-missing"
+    code, _, err = _cli(env, capsys, "visualize-boundaries", str(env["root"] / "absent.png"), "--model",
+                        str(env["root"] / "gsb"), "--out-dir", str(out_dir))
+    assert code == 2 and "no such image file" in err and "absent.png" in err
+    assert not out_dir.exists()
+
+
+def cli_visualize_folder_as_image(env, capsys):
+    code, _, err = _cli(env, capsys, "visualize-boundaries", str(env["root"]), "--model", str(env["root"] / "gsb"))
+    assert code == 2 and "is a folder, not an image file" in err
+
+
+def cli_visualize_out_dir_is_a_file(env, capsys):
+    target = env["root"] / "a-file.txt"
+    target.write_text("x")
+    code, _, err = _cli(env, capsys, "visualize-boundaries", str(env["root"] / "gray.png"), "--model",
+                        str(env["root"] / "gsb"), "--out-dir", str(target))
+    assert code == 2 and "is an existing file, not a folder" in err
+
+
+def cli_export_under_an_existing_file(env, capsys):
+    blocker = env["root"] / "blocker"
+    blocker.write_text("a file")
+    code, _, err = _cli(env, capsys, "export", str(env["root"] / "gsb"), str(blocker / "out"))
+    assert code == 2 and _one_error_line(err).startswith("leanvision export: error: ") and "blocker" in err
+
+
+def cli_export_into_a_read_only_folder(env, capsys, monkeypatch):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", kwargs.get("dir") or str(env["root"] / "readonly"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)  # as root, chmod alone would not refuse
+    code, _, err = _cli(env, capsys, "export", str(env["root"] / "gsb"), str(env["root"] / "readonly" / "out"))
+    assert code == 2 and _one_error_line(err).startswith("leanvision export: error: [Errno 13] Permission denied")
+
+
+def cli_export_onto_a_full_disk(env, capsys, monkeypatch):
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              "message: 'No space left on device' })")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    out = env["root"] / "full-disk-export"
+    code, _, err = _cli(env, capsys, "export", str(env["root"] / "gsb"), str(out))
+    assert code == 2 and "No space left on device" in _one_error_line(err)
+    assert not out.exists()
+
+
+def cli_publish_eval_json_not_json(env, capsys):
+    report = env["root"] / "report.json"
+    report.write_text("scores: not json")
+    code, _, err = _cli(env, capsys, "publish", str(env["root"] / "gsb"), "user/repo", "--dry-run", "--eval-json",
+                        str(report))
+    assert code == 2 and f"--eval-json '{report}' is not a JSON report" in err
+
+
+# --- exports ------------------------------------------------------------------------------------------------------
+
+def stale_staging_folder_is_removed(env):
+    out = env["root"] / "after-kill"
+    stale = env["root"] / f".staging-after-kill-{2 ** 22 + 12345}-x1y2"  # above Linux's pid_max: no such process
+    (stale / "partial").mkdir(parents=True)
+    export_model(str(env["root"] / "gsb"), str(out))
+    assert not stale.exists() and out.is_dir()
+    assert not [name for name in os.listdir(env["root"]) if name.startswith(".staging-after-kill")]
+
+
+def exported_files_have_ordinary_permissions(env):
+    old = os.umask(0o022)
+    try:
+        out = env["root"] / "readable-export"
+        export_model(str(env["root"] / "gsb"), str(out))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {stat.S_IMODE((out / name).stat().st_mode) for name in os.listdir(out) if (out / name).is_file()}
+    assert modes == {0o644}
+
+
 CASES = [
     grayscale, rgba, palette, sixteen_bit_png, cmyk_jpeg, exif_rotated_jpeg, one_pixel,
     huge_image_is_refused_before_decoding, truncated_file, not_an_image, missing_image, empty_image_list_gsb,
@@ -298,12 +695,29 @@ CASES = [
     long_caption_dtp_clip, labels_out_of_range, pixel_values_wrong_size, corrupted_safetensors, config_invalid_field,
     config_unknown_field, config_not_json, missing_processor_file, unknown_family_in_recipe, output_folder_exists,
     cli_caption_of_a_non_image,
+    sixteen_bit_png_mean, sixteen_bit_png_through_the_pipeline, float_tiff_in_unit_range, float_tiff_in_byte_range,
+    float_tiff_with_nan, gif_and_tiff_through_the_cli, gif_through_the_pipeline, float_array_in_unit_range_warns,
+    float_tensor_in_unit_range_warns, byte_array_does_not_warn, nan_array_refused, inf_tensor_refused,
+    zero_size_array_refused, zero_size_pil_refused, empty_pixel_values_batch_dtp, nan_pixel_values_dtp,
+    nan_pixel_values_qvision, inf_pixel_values_dtp_clip, pipeline_missing_path, pipeline_truncated_jpeg,
+    pipeline_not_an_image, pipeline_base64_image, pipeline_empty_list, pipeline_num_beams_zero,
+    pipeline_max_new_tokens_negative, pipeline_http_404, pipeline_url_that_never_answers, open_image_of_a_folder,
+    dtp_clip_empty_text_list, cli_caption_beams_zero, cli_caption_batch_size_zero, cli_caption_batch_size_negative,
+    cli_evaluate_max_samples_zero, cli_caption_folder_with_a_bad_file, cli_analyze_max_new_tokens_zero,
+    cli_visualize_missing_image, cli_visualize_folder_as_image, cli_visualize_out_dir_is_a_file,
+    cli_export_under_an_existing_file, cli_export_into_a_read_only_folder, cli_export_onto_a_full_disk,
+    cli_publish_eval_json_not_json, stale_staging_folder_is_removed, exported_files_have_ordinary_permissions,
 ]
 CASE_NAMES = {
     "latents_wrong_channels": latents_wrong_channels, "latents_nan": latents_nan, "latents_inf": latents_inf,
     "latents_too_large": latents_too_large, "latents_wrong_rank": latents_wrong_rank,
     "long_caption_gsb": long_caption_gsb, "long_caption_qvision": long_caption_qvision,
     "long_caption_dtp_clip": long_caption_dtp_clip,
+    "float_array_in_unit_range_warns": float_array_in_unit_range_warns,
+    "float_tensor_in_unit_range_warns": float_tensor_in_unit_range_warns, "nan_array_refused": nan_array_refused,
+    "inf_tensor_refused": inf_tensor_refused, "zero_size_array_refused": zero_size_array_refused,
+    "zero_size_pil_refused": zero_size_pil_refused, "cli_caption_batch_size_zero": cli_caption_batch_size_zero,
+    "cli_caption_batch_size_negative": cli_caption_batch_size_negative,
 }
 
 
@@ -313,10 +727,10 @@ def _name(case) -> str:
 
 @pytest.mark.parametrize("case", CASES, ids=[_name(case) for case in CASES])
 def test_bad_input(case, env, request):
-    extra = {name: request.getfixturevalue(name) for name in ("caplog", "capsys")
+    extra = {name: request.getfixturevalue(name) for name in ("caplog", "capsys", "monkeypatch")
              if name in case.__code__.co_varnames[: case.__code__.co_argcount]}
     case(env, **extra)
 
 
-def test_the_table_has_at_least_25_cases():
-    assert len(CASES) >= 25 and len({_name(case) for case in CASES}) == len(CASES)
+def test_the_table_has_at_least_70_cases():
+    assert len(CASES) >= 70 and len({_name(case) for case in CASES}) == len(CASES)
