@@ -10,6 +10,7 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPImageProcessor, GPT2Tokenizer
 
+from leanvision.cli import main as cli_main
 from leanvision.configuration.configuration_qvision import QVisionConfig
 from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
 from leanvision.processing.processing_qvision import QVisionProcessor
@@ -170,7 +171,7 @@ def test_generated_captions_and_no_global_token(processor, images, tmp_path):
     assert not (tmp_path / "out" / "token_similarity.json").exists()
 
 
-def test_analyze_saved_model_reads_folders_of_images(processor, images, tmp_path):
+def test_analyze_saved_model_reads_folders_of_images(processor, images, tmp_path, capsys):
     model = tiny_model()
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
@@ -190,7 +191,15 @@ def test_analyze_saved_model_reads_folders_of_images(processor, images, tmp_path
     assert image_files([str(folder), str(folder / "1.png")]) == [
         str(folder / "0.png"), str(folder / "1.png"), str(folder / "1.png")
     ]
-    with pytest.raises(ValueError, match="not a jpg/jpeg/png/bmp/webp image file"):
+    with pytest.raises(ValueError, match="notes.txt' is not an image file PIL can open"):
         image_files([str(folder / "notes.txt")])
     with pytest.raises(FileNotFoundError, match="missing.png"):
         image_files([str(folder / "missing.png")])
+
+    # One bad file in the folder: the good images are analysed, the bad one is reported, the exit code is 1.
+    (folder / "2.jpg").write_bytes(b"not a jpeg")
+    code = cli_main(["analyze", str(folder), "--model", str(tmp_path / "model"), "--out-dir", str(tmp_path / "cli"),
+                     "--max-new-tokens", "3"])
+    err = capsys.readouterr().err
+    assert code == 1 and "2.jpg' is not an image file" in err and "1 of 3 images could not be read" in err
+    assert (tmp_path / "cli" / "query_to_patch_0.png").exists() and (tmp_path / "cli" / "query_to_patch_1.png").exists()
