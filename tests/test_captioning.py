@@ -191,7 +191,7 @@ def test_decoding_modes_and_image_listing_reject_bad_input(tmp_path):
     with pytest.raises(ValueError, match="temperature"):
         decoding_kwargs(temperature=0.0)
     (tmp_path / "notes.txt").write_text("not an image")
-    with pytest.raises(ValueError, match="no jpg"):
+    with pytest.raises(ValueError, match="holds no image files PIL can open"):
         image_files([str(tmp_path)])
     with pytest.raises(FileNotFoundError):
         image_files([str(tmp_path / "missing.png")])
