@@ -68,7 +68,8 @@ def train_and_export(out_root: str, recipe: str, *flags: str) -> tuple[dict, str
     (eval metrics, model folder, export folder)."""
     model_dir = os.path.join(out_root, recipe)
     export_dir = os.path.join(out_root, f"{recipe}-export")
-    metrics = train_main([os.path.join(RECIPES, f"{recipe}.yaml"), "--output_dir", model_dir, *flags])
+    metrics = train_main([os.path.join(RECIPES, f"{recipe}.yaml"), "--output_dir", model_dir, "--overwrite_output_dir",
+                          "true", *flags])
     export_model(model_dir, export_dir, overwrite=True)
     return metrics, model_dir, export_dir
 

@@ -7,6 +7,7 @@ fields) and `freezing` (a list of phases) reach the task as they are in the YAML
 JSON text, parsed once, here.
 """
 
+import difflib
 import json
 import os
 from dataclasses import dataclass, field, fields
@@ -135,7 +136,17 @@ class DataArguments:
     )
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+@dataclass
+class LeanvisionTrainingArguments(TrainingArguments):
+    """transformers' `TrainingArguments` plus the guard of `output_dir`."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "train into `output_dir` even if it exists and is not empty (its files may be replaced)"},
+    )
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, LeanvisionTrainingArguments)
 
 
 def load_recipe(path: str) -> dict:
@@ -143,7 +154,15 @@ def load_recipe(path: str) -> dict:
     if not os.path.isfile(path):
         raise ValueError(f"recipe file {path!r} does not exist")
     with open(path) as f:
-        recipe = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        try:
+            recipe = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"recipe {path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"recipe {path}: invalid YAML{where}: {problem}") from None
     if not isinstance(recipe, dict):
         raise ValueError(f"recipe {path!r} must be a mapping of argument names to values")
     return recipe
@@ -154,22 +173,124 @@ def recipe_name(argv: list[str]) -> str | None:
     return os.path.basename(argv[0]) if argv and argv[0].endswith(RECIPE_SUFFIXES) else None
 
 
+def merge_overrides(base: dict, extra: dict) -> dict:
+    """`base` updated key by key with `extra`; nested mappings (`text_config`, `vision_config`, ...) merged the same
+    way. Neither argument is changed."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_overrides(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _closest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, sorted(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_config_overrides(family, overrides: dict) -> None:
+    """Raises ValueError for a key of `overrides` that is no field of the family's config (or, inside
+    `text_config` / `vision_config`, of that sub-config), naming the closest valid field."""
+
+    def check(config_class, mapping: dict, prefix: str) -> None:
+        sub_configs = getattr(config_class, "sub_configs", None) or {}
+        valid = {f.name for f in fields(config_class)} | set(sub_configs)
+        for key, value in mapping.items():
+            if key not in valid:
+                raise ValueError(
+                    f"config_overrides: {prefix}{key!r} is not a field of {config_class.__name__}"
+                    f"{_closest(key, valid)}"
+                )
+            if key in sub_configs and isinstance(value, dict):
+                check(sub_configs[key], value, f"{prefix}{key}.")
+
+    check(family.config_class, overrides, "")
+
+
+def check_ranges(data_args, training_args) -> None:
+    """Raises ValueError for a value out of its range (epochs or steps, learning rate, batch sizes, sample counts)."""
+    if training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:
+        raise ValueError(
+            f"num_train_epochs must be > 0 (or max_steps > 0), got num_train_epochs={training_args.num_train_epochs}"
+        )
+    if not training_args.learning_rate >= 0:  # 0 is allowed: a run that keeps its starting weights (checks, tests)
+        raise ValueError(f"learning_rate must be >= 0, got {training_args.learning_rate}")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(training_args, name)}")
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data_args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1 when given, got {value}")
+
+
+def _flag_given(argv: list[str], name: str) -> bool:
+    return any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in argv)
+
+
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """`RECIPE [--flag value ...]` (or flags only) -> the three argument dataclasses."""
+    """`RECIPE [--flag value ...]` (or flags only) -> the three argument dataclasses, checked (unknown keys, config
+    fields, ranges) before anything is written. `--config_overrides` merges into the recipe's, key by key."""
     recipe = {}
     if recipe_name(argv):
         recipe, argv = load_recipe(argv[0]), argv[1:]
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
     unknown = sorted(set(recipe) - known)
     if unknown:
-        raise ValueError(f"unknown recipe keys: {unknown}")
+        raise ValueError(
+            f"unknown recipe keys: {unknown}" + "".join(f" ({key!r}{_closest(key, known)})" for key in unknown
+                                                        if _closest(key, known))
+        )
     get_family(recipe.get("family", "dtp_vit"))
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     # Non-string defaults reach the dataclasses unconverted: a recipe's mappings and lists stay Python objects.
     parser.set_defaults(**recipe)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    get_family(model_args.family)
+    family = get_family(model_args.family)
+    base = from_json(recipe.get("config_overrides"), dict, "config_overrides", "a JSON object") or {}
+    if base and _flag_given(argv, "config_overrides"):
+        model_args.config_overrides = merge_overrides(base, model_args.config_overrides)
+    check_config_overrides(family, model_args.config_overrides)
+    check_ranges(data_args, training_args)
     return model_args, data_args, training_args
+
+
+def check_output_dir(training_args) -> None:
+    """Refuses an `output_dir` that is a file, or a non-empty folder unless `overwrite_output_dir` or
+    `resume_from_checkpoint` is set."""
+    out = training_args.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"output_dir {out!r} is an existing file, not a folder; choose another --output_dir")
+    overwrite = getattr(training_args, "overwrite_output_dir", False)
+    if os.path.isdir(out) and os.listdir(out) and not overwrite and not training_args.resume_from_checkpoint:
+        raise ValueError(
+            f"output_dir {out!r} exists and is not empty; choose another --output_dir, pass --overwrite_output_dir "
+            "to train into it anyway, or --resume_from_checkpoint to continue a run"
+        )
+
+
+def config_differences(config, defaults) -> str:
+    """`key=value` for each field of `config` that differs from `defaults` (sub-configs as `text_config.key`),
+    skipping the bookkeeping fields."""
+    skip = {"transformers_version", "architectures", "_name_or_path", "id2label", "label2id", "dtype", "auto_map",
+            "model_type"}
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            if key in skip:
+                continue
+            if isinstance(value, dict) and key.endswith("_config") and key != "vae_config":
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    mine, base = flat(config.to_dict()), flat(defaults.to_dict())
+    changed = [f"{key}={mine[key]!r}" for key in sorted(mine) if key not in base or base[key] != mine[key]]
+    return ", ".join(changed) if changed else "none"
 
 
 BUILT_IN_DATA = {

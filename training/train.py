@@ -13,7 +13,13 @@ import sys
 
 from transformers import set_seed
 
-from leanvision.training.arguments import parse_args, recipe_name, write_training_record
+from leanvision.training.arguments import (
+    check_output_dir,
+    config_differences,
+    parse_args,
+    recipe_name,
+    write_training_record,
+)
 from leanvision.training.callbacks import build_freezing_callback
 from leanvision.training.families import get_family
 from leanvision.training.lora import apply_lora, write_adapter_record
@@ -37,6 +43,10 @@ def train(model_args, data_args, training_args, recipe: str | None = None) -> di
             model_args.freezing = None
         setup.model = apply_lora(setup.model, family, model_args)
     freezing = build_freezing_callback(model_args.freezing, model=setup.model)
+    logger.info(
+        "config differences from the %s defaults: %s",
+        family.name, config_differences(setup.model.config, family.config_class()),
+    )
     trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
     logger.info(
         "family %s: %d trainable parameters, world size %d", family.name, trainable, training_args.world_size
@@ -69,10 +79,26 @@ def train(model_args, data_args, training_args, recipe: str | None = None) -> di
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """`train.py RECIPE [--flag value ...]` (`argv`, default the command line): trains and returns the eval metrics."""
+    """`train.py RECIPE [--flag value ...]` (`argv`, default the command line): trains and returns the eval metrics.
+    The arguments and `output_dir` are checked before anything is written."""
     argv = sys.argv[1:] if argv is None else argv
-    return train(*parse_args(argv), recipe=recipe_name(argv))
+    model_args, data_args, training_args = parse_args(argv)
+    check_output_dir(training_args)
+    return train(model_args, data_args, training_args, recipe=recipe_name(argv))
+
+
+def run_from_command_line(argv: list[str] | None = None) -> int:
+    """`main` for `python training/train.py`: an expected failure (bad recipe or flag, Hub or network failure) is one
+    line on stderr and exit status 2; any other exception keeps its traceback."""
+    from leanvision.training.errors import describe, expected_errors
+
+    try:
+        main(argv)
+    except expected_errors() as err:
+        print(f"train.py: error: {describe(err)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_from_command_line())
