@@ -186,7 +186,30 @@ def _cmd_flops(args) -> int:
     return 0
 
 
+TRAIN_USAGE = """usage: leanvision train RECIPE.yaml [--flag value ...]
+
+Trains any family from a recipe (the same as python training/train.py RECIPE ...); flags override the recipe.
+--config_overrides '{...}' merges into the recipe's config_overrides key by key. A non-empty --output_dir is
+refused unless --overwrite_output_dir true or --resume_from_checkpoint is given.
+
+examples:
+  leanvision train training/recipes/dtp_vit_digits.yaml --output_dir outputs/my_digits
+  leanvision train training/recipes/dtp_vit_digits.yaml --config_overrides '{"compression_rate": 0.1}' \\
+      --output_dir outputs/digits_r01
+  leanvision train training/recipes/qvision_shapes.yaml --output_dir outputs/qvision_run --max_steps 50
+
+Recipes: training/recipes/*.yaml. Every TrainingArguments flag: python training/train.py --help
+"""
+
+
 def _cmd_train(args) -> int:
+    if not args.train_args:
+        print(TRAIN_USAGE, end="", file=sys.stderr)
+        print("leanvision train: error: a recipe is required", file=sys.stderr)
+        return 2
+    if args.train_args[0] in ("-h", "--help"):
+        print(TRAIN_USAGE, end="")
+        return 0
     from .training.train import main as train_main
 
     train_main(args.train_args)
@@ -211,9 +234,52 @@ def _cmd_visualize(args) -> int:
     return 0
 
 
+class _ExamplesFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual; keeps an "examples:" epilog line by line."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+EXAMPLES = {
+    "ablate": ["leanvision ablate gated_sparse_blip --quick --out-dir outputs/ablation_quick"],
+    "analyze": ["leanvision analyze photo.jpg --model outputs/qvision_shapes --out-dir outputs/analysis"],
+    "caption": ["leanvision caption photo.jpg images/ --model outputs/gated_sparse_blip_shapes",
+                "leanvision caption photo.jpg --model outputs/qvision_shapes --beams 3"],
+    "evaluate": ["leanvision evaluate outputs/qvision_shapes --dataset shapes --out outputs/qvision_eval.json",
+                 "leanvision evaluate outputs/dtp_clip_shapes --dataset shapes --max-samples 100"],
+    "export": ["leanvision export outputs/dtp_vit_digits outputs/dtp_vit_digits-export"],
+    "flops": ["leanvision flops --rates 1.0 0.5 0.25"],
+    "merge-lora": ["leanvision merge-lora outputs/dtp_vit_lora --base outputs/dtp_vit_digits outputs/dtp_vit_merged"],
+    "params": ["leanvision params", "leanvision params --recipe training/recipes/qvision_shapes.yaml"],
+    "publish": ["leanvision publish outputs/dtp_vit_digits your-name/dtp-vit-digits"],
+    "publish-space": ["leanvision publish-space your-name/leanvision-demo --classifier your-name/dtp-vit-digits"],
+    "serve": ["leanvision serve outputs/dtp_vit_digits-export --port 8080"],
+    "train": ["leanvision train training/recipes/dtp_vit_digits.yaml --output_dir outputs/my_digits"],
+    "visualize-boundaries": ["leanvision visualize-boundaries digit.png --model outputs/dtp_vit_digits "
+                             "--out-dir outputs/boundaries"],
+}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leanvision", description="Token-efficient vision-language models.")
+    parser.add_argument("--version", action="version", version=f"leanvision {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+
+    def add_with_examples(name, **kwargs):
+        lines = "".join(f"\n  {line}" for line in EXAMPLES[name])
+        return add_parser(name, epilog=f"examples:{lines}", formatter_class=_ExamplesFormatter, **kwargs)
+
+    sub.add_parser = add_with_examples
 
     p = sub.add_parser(
         "ablate",
@@ -362,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train any family from a recipe (same as python training/train.py RECIPE ...)",
-        description="Runs training/train.py: RECIPE.yaml followed by --flag value overrides.",
+        description="Runs training/train.py: RECIPE.yaml followed by --flag value overrides (leanvision train --help "
+        "for examples).",
         add_help=False,
     )
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="RECIPE [--flag value ...]")
@@ -382,9 +449,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # everything after `train` is train.py's, --help included
+        args = argparse.Namespace(command="train", func=_cmd_train, train_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+    import yaml
+
+    from .training.errors import HUB_ERRORS, describe_hub_error
+
     try:
         return args.func(args)
+    except HUB_ERRORS as err:
+        print(f"leanvision {args.command}: error: {describe_hub_error(err)}", file=sys.stderr)
+        return 2
+    except yaml.YAMLError as err:
+        print(f"leanvision {args.command}: error: invalid YAML: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError, StrictDataclassError, SafetensorError) as err:
         print(f"leanvision {args.command}: error: {err}", file=sys.stderr)
         return 2
