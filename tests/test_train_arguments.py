@@ -133,3 +133,9 @@ def test_train_script_offline_hub_dataset_is_one_line_with_exit_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "offline mode is on" in lines[0] and "HF_HUB_OFFLINE" in lines[0], lines[-5:]
     assert not (tmp_path / "run").exists()
+
+
+def test_command_line_pretrained_start_replaces_the_recipes_overrides():
+    model_args, _, _ = parse_args([CLIP_SHAPES, "--init_from_clip", "some/clip", "--config_overrides",
+                                   '{"vision_config": {"compression_rate": 0.5}}'])
+    assert model_args.config_overrides == {"vision_config": {"compression_rate": 0.5}}

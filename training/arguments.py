@@ -226,6 +226,9 @@ def check_ranges(data_args, training_args) -> None:
             raise ValueError(f"{name} must be at least 1 when given, got {value}")
 
 
+PRETRAINED_STARTS = ("model_name_or_path", "init_from_clip", "init_from_blip", "vision_backbone", "text_backbone")
+
+
 def _flag_given(argv: list[str], name: str) -> bool:
     return any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in argv)
 
@@ -250,7 +253,10 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Training
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     family = get_family(model_args.family)
     base = from_json(recipe.get("config_overrides"), dict, "config_overrides", "a JSON object") or {}
-    if base and _flag_given(argv, "config_overrides"):
+    # The recipe's overrides describe the recipe's model: a command line that switches to a pretrained start replaces
+    # them with its own (as before); otherwise its overrides merge into them.
+    new_start = any(_flag_given(argv, name) for name in PRETRAINED_STARTS)
+    if base and _flag_given(argv, "config_overrides") and not new_start:
         model_args.config_overrides = merge_overrides(base, model_args.config_overrides)
     check_config_overrides(family, model_args.config_overrides)
     check_ranges(data_args, training_args)
