@@ -32,11 +32,16 @@ system-deps:
 demo: install
 	$(PY) -m leanvision.demo
 
+# Two pytest-xdist workers, one torch thread each (tests/conftest.py); a test file stays on one worker so its
+# module fixtures (exported models, trained folders) are built once. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install system-deps
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: install system-deps
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 flops: install
 	$(VENV)/bin/leanvision flops

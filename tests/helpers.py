@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -20,6 +21,13 @@ def run_fresh(script: str, tmp_path, *args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: two launches running at once (pytest-xdist workers) never share one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "train.py")
 
 
@@ -27,7 +35,7 @@ def launch_two_ranks(argv: list[str], cwd, script: str = TRAIN_PY, **env: str) -
     """`accelerate launch --multi_gpu --num_processes 2` (DDP over gloo on CPU, one thread each) of `script argv`;
     asserts that it succeeded and that both ranks started."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *argv]
+               "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *argv]
     for attempt in range(2):
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd,
                                 env=dict(os.environ, OMP_NUM_THREADS="1", **env))
