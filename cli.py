@@ -73,36 +73,111 @@ def _cmd_caption(args) -> int:
     return 0
 
 
+def _show_progress(args) -> bool:
+    """Progress bars on stderr: on a terminal, unless --quiet."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _evaluate_classifier(args) -> dict:
+    from .training.evaluation.classification import evaluate_classifier
+
+    return evaluate_classifier(
+        args.model_dir, args.dataset, split=args.split, label_column=args.label_column, image_column=args.image_column,
+        max_samples=args.max_samples, batch_size=args.batch_size, config_name=args.dataset_config, top_k=args.top_k,
+        progress=_show_progress(args),
+    )
+
+
+def _evaluate_zero_shot(args) -> dict:
+    from .training.evaluation.zero_shot import evaluate_zero_shot
+
+    return evaluate_zero_shot(
+        args.model_dir, args.dataset, split=args.split, template=args.template, label_column=args.label_column,
+        image_column=args.image_column, max_samples=args.max_samples, batch_size=args.batch_size,
+        config_name=args.dataset_config,
+    )
+
+
+def _evaluate_captioner(args) -> dict:
+    from .training.evaluation.captions import evaluate_captioner
+
+    return evaluate_captioner(
+        args.model_dir, args.dataset, split=args.split, max_samples=args.max_samples, metrics=args.metrics,
+        generation_kwargs=_decoding(args), caption_column=args.caption_column,
+        references_column=args.references_column, image_column=args.image_column, batch_size=args.batch_size,
+        config_name=args.dataset_config, progress=_show_progress(args),
+    )
+
+
+# `leanvision evaluate`: one evaluator per training task of `families.py` (a new task adds its entry here).
+EVALUATORS = {
+    "image_classification": _evaluate_classifier,
+    "contrastive": _evaluate_zero_shot,
+    "captioning": _evaluate_captioner,
+}
+
+
 def _cmd_evaluate(args) -> int:
     from .training.families import family_of_model_dir
     from .training.files import write_json_atomically
 
     _check_at_least_one("--batch-size", args.batch_size)
     _check_at_least_one("--max-samples", args.max_samples)
-    if family_of_model_dir(args.model_dir).task == "contrastive":
-        from .training.evaluation.zero_shot import evaluate_zero_shot
-
-        report = evaluate_zero_shot(
-            args.model_dir, args.dataset, split=args.split, template=args.template, label_column=args.label_column,
-            image_column=args.image_column, max_samples=args.max_samples, batch_size=args.batch_size,
-            config_name=args.dataset_config,
-        )
-    else:
-        from .training.evaluation.captions import evaluate_captioner
-
-        report = evaluate_captioner(
-            args.model_dir, args.dataset, split=args.split, max_samples=args.max_samples, metrics=args.metrics,
-            generation_kwargs=_decoding(args), caption_column=args.caption_column,
-            references_column=args.references_column, image_column=args.image_column, batch_size=args.batch_size,
-            config_name=args.dataset_config,
-        )
+    _check_at_least_one("--top-k", args.top_k)
+    family = family_of_model_dir(args.model_dir)
+    if family.task not in EVALUATORS:
+        raise ValueError(f"`leanvision evaluate` has no evaluation for {family.name} models yet")
+    report = EVALUATORS[family.task](args)
     for name, value in report["scores"].items():
-        print(f"{name}: {value if value is None else round(value, 4)}")
+        if value is not None:  # a skipped metric is reported with its reason below
+            print(f"{name}: {round(value, 4)}")
     for name, reason in report.get("skipped", {}).items():
         print(f"{name} skipped: {reason}")
     if args.out:
         write_json_atomically(args.out, report)
         print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_classify(args) -> int:
+    import csv
+    import io
+    import json
+
+    from .training.files import image_files, write_text_atomically
+    from .training.inference import class_probabilities, load_classifier, top_labels
+
+    _check_at_least_one("--top-k", args.top_k)
+    _check_at_least_one("--batch-size", args.batch_size)
+    if args.output and os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output!r} is a folder, not a file")
+    labels = args.labels.split(",") if args.labels is not None else None
+    files = image_files(args.paths)
+    good, images = _open_good_images("classify", files)
+    family, model, processor = load_classifier(args.model)
+    probabilities, names = class_probabilities(family, model, processor, images, labels, args.template,
+                                               args.batch_size)
+    results = [{"path": path, "labels": ranked}
+               for path, ranked in zip(good, top_labels(probabilities, names, args.top_k))]
+    if args.format == "json":
+        text = json.dumps(results, indent=2) + "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "rank", "label", "score"])
+        for result in results:
+            for rank, entry in enumerate(result["labels"], 1):
+                writer.writerow([result["path"], rank, entry["label"], f"{entry['score']:.6f}"])
+        text = buffer.getvalue()
+    if args.output:
+        write_text_atomically(args.output, text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    if len(good) < len(files):
+        print(f"leanvision classify: error: {len(files) - len(good)} of {len(files)} images could not be read",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -246,9 +321,13 @@ class _ExamplesFormatter(argparse.HelpFormatter):
 EXAMPLES = {
     "ablate": ["leanvision ablate gated_sparse_blip --quick --out-dir outputs/ablation_quick"],
     "analyze": ["leanvision analyze photo.jpg --model outputs/qvision_shapes --out-dir outputs/analysis"],
+    "classify": ["leanvision classify digits/ --model outputs/dtp_vit_digits --top-k 3",
+                 "leanvision classify photo.jpg --model outputs/dtp_clip_shapes --labels \"red circle,blue square\" "
+                 "--format csv --output labels.csv"],
     "caption": ["leanvision caption photo.jpg images/ --model outputs/gated_sparse_blip_shapes",
                 "leanvision caption photo.jpg --model outputs/qvision_shapes --beams 3"],
-    "evaluate": ["leanvision evaluate outputs/qvision_shapes --dataset shapes --out outputs/qvision_eval.json",
+    "evaluate": ["leanvision evaluate outputs/qvision_shapes --dataset shapes --output outputs/qvision_eval.json",
+                 "leanvision evaluate outputs/dtp_vit_digits --dataset digits --top-k 3",
                  "leanvision evaluate outputs/dtp_clip_shapes --dataset shapes --max-samples 100"],
     "export": ["leanvision export outputs/dtp_vit_digits outputs/dtp_vit_digits-export"],
     "flops": ["leanvision flops --rates 1.0 0.5 0.25"],
@@ -321,26 +400,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_caption)
 
     p = sub.add_parser(
-        "evaluate",
-        help="caption scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) or zero-shot accuracy of a model on a dataset",
-        description="Captioners: captions every example of a dataset split and scores the captions against their "
-        "references with COCO caption metrics (pycocoevalcap, PTB tokenisation). Contrastive models (dtp_clip): "
-        "zero-shot top-1 / top-5 accuracy on an image classification dataset, each class prompted with --template. "
-        "--dataset shapes is the built-in shapes test split (digits: scikit-learn's digits, zero-shot only); "
-        "otherwise a Hub dataset, a save_to_disk folder or a local data folder.",
+        "classify",
+        help="top-k labels of images or folders of images with a classifier (DTP-ViT) or zero-shot model (DTP-CLIP)",
+        description="Classifies each image (folders: every image file PIL opens) and prints its K most probable "
+        "labels as JSON (a list of {path, labels: [{label, score}]}) or CSV (path, rank, label, score). DTP-ViT "
+        "ranks its own classes; DTP-CLIP ranks --labels, each prompted with --template. Unreadable files are reported "
+        "and skipped; the exit status is then 1.",
     )
-    p.add_argument("model_dir", help="a saved or exported captioning model folder")
-    p.add_argument("--dataset", required=True, help="'shapes', a Hub dataset name or a local folder")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="a saved or exported DTP-ViT or DTP-CLIP model folder")
+    p.add_argument("--top-k", type=int, default=5, help="labels per image (at most the number of classes)")
+    p.add_argument("--labels", help="zero-shot models: comma-separated candidate labels")
+    p.add_argument("--template", default="a photo of a {}", help="zero-shot: prompt, {} marks the label")
+    p.add_argument("--format", choices=["json", "csv"], default="json", help="output format")
+    p.add_argument("--output", help="write to this file (atomically) instead of stdout")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy / top-k of a classifier, zero-shot accuracy, or caption scores of a model on a dataset",
+        description="Classifiers (dtp_vit): accuracy and top-k accuracy on a labelled image dataset (--dataset "
+        "digits: the digits test split train.py holds out). Contrastive models (dtp_clip): zero-shot top-1 / top-5 "
+        "accuracy on an image classification dataset, each class prompted with --template (--dataset shapes or "
+        "digits). Captioners: captions every example of a dataset split and scores them against their references "
+        "with COCO caption metrics (pycocoevalcap, PTB tokenisation; SPICE only when named in --metrics). "
+        "Otherwise --dataset is a Hub dataset, a save_to_disk folder or a local data folder.",
+    )
+    p.add_argument("model_dir", help="a saved or exported model folder")
+    p.add_argument("--dataset", required=True, help="'digits', 'shapes', a Hub dataset name or a local folder")
     p.add_argument("--dataset-config", help="dataset configuration name")
     p.add_argument("--split", help="split to evaluate (default: test, else validation, else train)")
     p.add_argument("--max-samples", type=int, help="evaluate the first N examples (shapes: draw N images)")
-    p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,spice", help="comma-separated metric names")
+    p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider",
+                   help="captioners: comma-separated metric names (add spice for SPICE, which needs CoreNLP)")
     p.add_argument("--caption-column", default="caption", help="column of the caption(s)")
     p.add_argument("--references-column", default="captions", help="column of reference captions, if present")
     p.add_argument("--image-column", default="image", help="column of the images")
-    p.add_argument("--label-column", default="label", help="zero-shot: ClassLabel column of the classes")
+    p.add_argument("--label-column", default="label", help="classifiers and zero-shot: column of the classes")
+    p.add_argument("--top-k", type=int, default=5, help="classifiers: top-k accuracy (capped at the class count)")
     p.add_argument("--template", default="a photo of a {}", help="zero-shot: prompt, {} marks the class name")
-    p.add_argument("--out", help="write the scores to this JSON file (atomically)")
+    p.add_argument("--output", "--out", dest="out", help="write the report to this JSON file (atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_decoding_flags(p)
     p.set_defaults(func=_cmd_evaluate)
 

@@ -24,10 +24,7 @@ def open_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     (PIL's own conversion would clip them to white or black); NaN pixels are refused; palette, grayscale, RGBA and
     CMYK become RGB. A missing, truncated or non-image file raises with the file's name.
     """
-    if os.path.isdir(path):
-        raise ValueError(f"{path!r} is a folder, not an image file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such image file: {path!r}")
+    processing_common.check_file(path)
     return processing_common.load_image(path, max_pixels=max_pixels)
 
 
@@ -50,6 +47,8 @@ def image_files(paths: list[str]) -> list[str]:
                 raise ValueError(f"{path!r} is not an image file PIL can open (unknown extension)")
             files.append(path)
         else:
+            if os.path.islink(path):
+                processing_common.check_file(path)  # names a symlink loop or a dangling link
             raise FileNotFoundError(f"no such image or folder: {path!r}")
     return files
 
@@ -129,17 +128,21 @@ def staged_folder(out_dir: str):
         raise
 
 
-def write_json_atomically(path: str, value) -> str:
-    """Writes `value` as JSON to a temporary file beside `path`, then renames it over `path`; returns `path`."""
+def write_text_atomically(path: str, text: str) -> str:
+    """Writes `text` to a temporary file beside `path`, then renames it over `path`; returns `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
     return path
+
+
+def write_json_atomically(path: str, value) -> str:
+    """Writes `value` as JSON (indented, final newline) atomically (`write_text_atomically`); returns `path`."""
+    return write_text_atomically(path, json.dumps(value, indent=2) + "\n")

@@ -47,8 +47,10 @@ def flat_scores(result: dict) -> dict[str, float]:
 def evaluate_captioner(model_dir: str, dataset_name: str, split: str | None = None, max_samples: int | None = None,
                        metrics=ALL_METRICS, generation_kwargs: dict | None = None,
                        caption_column: str = "caption", references_column: str | None = "captions",
-                       image_column: str = "image", batch_size: int = 32, config_name: str | None = None) -> dict:
-    """Generation-based caption scores of a saved model on a dataset split: a JSON-ready report."""
+                       image_column: str = "image", batch_size: int = 32, config_name: str | None = None,
+                       progress: bool = False) -> dict:
+    """Generation-based caption scores of a saved model on a dataset split: a JSON-ready report; `progress` shows a
+    bar over the images on a terminal."""
     metrics = parse_metric_names(metrics)
     generation_kwargs = generation_kwargs or decoding_kwargs()
     family, model, processor = load_captioner(model_dir)
@@ -57,7 +59,8 @@ def evaluate_captioner(model_dir: str, dataset_name: str, split: str | None = No
     if is_latent_dataset(evaluation) and not family.latent_inputs:
         raise ValueError(f"a {family.name} model reads images, but {dataset_name!r} holds VAE latents")
     references = references_of(evaluation, caption_column, references_column)
-    predictions = caption_dataset(model, processor, evaluation, generation_kwargs, image_column, batch_size)
+    predictions = caption_dataset(model, processor, evaluation, generation_kwargs, image_column, batch_size,
+                                  progress)
     result = score_captions(predictions, references, metrics)
     return {
         "model": model_dir,

@@ -47,7 +47,7 @@ class ImageLabelCollator:
 
     def __call__(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         images = [row[self.image_column].convert("RGB") for row in rows]
-        pixel_values = self.processor(images=images)["pixel_values"]
+        pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
         return pixel_values, torch.tensor([int(row[self.label_column]) for row in rows])
 
 
