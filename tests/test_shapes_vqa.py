@@ -93,7 +93,8 @@ def test_every_answer_follows_from_the_drawn_content_and_is_unique():
             assert row["answer"] == str(len(objects)) == str(len(occupied_cells(pixels)))
             continue
         named = {key: value for key, value in match.groupdict().items() if value}
-        referents = [o for o in objects if all(o[("color", "shape", "position").index(k)] == v for k, v in named.items())]
+        fields = ("color", "shape", "position")
+        referents = [o for o in objects if all(o[fields.index(k)] == v for k, v in named.items())]
         assert len(referents) == 1, (question, objects)  # the question names exactly one object
         color, shape, position, (x0, y0, x1, y1) = referents[0]
         assert row["answer"] == {"color": color, "shape": shape, "position": position}[asked]

@@ -3,7 +3,8 @@
 A row is
 
     {"id": "000000033471", "image": <PIL image or None>,
-     "conversations": [{"from": "human", "value": "<image>\\nWhat color is the circle?"}, {"from": "gpt", "value": "red"}],
+     "conversations": [{"from": "human", "value": "<image>\\nWhat color is the circle?"},
+                       {"from": "gpt", "value": "red"}],
      "question_type": "color", "answer": "red"}
 
 Turns alternate human / gpt, starting with human and ending with gpt; a row with an image carries exactly one
@@ -48,7 +49,7 @@ def _check_turns(turns, has_image: bool) -> None:
         raise ValueError(f"'conversations' must be a non-empty list of turns, got {turns!r}")
     images_seen = 0
     for index, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
+        if not isinstance(turn, dict) or not all(isinstance(turn.get(key), str) for key in ("from", "value")):
             raise ValueError(f"turn {index} must be a dict with string 'from' and 'value', got {turn!r}")
         expected = ROLES[index % 2]
         if turn["from"] != expected:
@@ -191,7 +192,8 @@ def load_conversation_dataset(name_or_path: str, split: str | None = None,
     if json_file:
         data = DatasetDict(train=_from_llava_json(json_file, image_folder or os.path.dirname(json_file)))
     else:
-        data = DatasetDict({name: _from_columns(ds, image_folder) for name, ds in load_any_dataset(name_or_path).items()})
+        data = load_any_dataset(name_or_path)
+        data = DatasetDict({name: _from_columns(dataset, image_folder) for name, dataset in data.items()})
     if split is None:
         return data
     if split not in data:
