@@ -32,7 +32,16 @@ class DTPViTConfig(PreTrainedConfig):
             sampling Gumbel noise at evaluation for this predictor). `"rate"`: the round(compression_rate * T) most
             probable patches (the compression the model was trained for, whatever the spread of the
             probabilities). `"threshold"`: every patch with p > 0.5 (the rule the official code uses for its
-            entropy / unigram predictors; it keeps the trained rate only once p is near 0 or 1).
+            entropy / unigram predictors; it keeps the trained rate only once p is near 0 or 1), or p >
+            `boundary_threshold` when set: each image then gets its own token count.
+        boundary_threshold (`float`): the `"threshold"` mode's cut on p, 0.5 by default;
+            `calibrate_boundary_threshold` fits it on held-out images so that their mean boundary rate equals
+            `compression_rate`.
+        inference_chunk_size (`int`, *optional*): at inference (eval mode, no hidden states or attentions asked
+            for), the stages before the shortened layers run on chunks of this many images, so full-length
+            activations exist for one chunk at a time and peak memory falls with compression; in the
+            `"threshold"` mode the shortened layers run on chunks of images sorted by token count, each trimmed to
+            its longest row (bounded padding). `None` runs the whole batch at once.
         pre_layernorm (`bool`): LayerNorm after the embeddings (CLIP's `pre_layrnorm`).
         pooler_type (`str`): `"mean"` (masked mean of the final segment tokens) or `"cls"` (the CLS token).
         initializer_range (`float`): std of the truncated-normal weight init.
@@ -59,6 +68,8 @@ class DTPViTConfig(PreTrainedConfig):
     boundary_predictor_hidden_size: int | None = None
     boundary_loss_weight: int | float = 1.0
     boundary_inference: str = "rate"
+    boundary_threshold: int | float = 0.5
+    inference_chunk_size: int | None = 64
     pre_layernorm: bool = False
     pooler_type: str = "mean"
     initializer_range: int | float = 0.02
@@ -99,6 +110,12 @@ class DTPViTConfig(PreTrainedConfig):
         if self.boundary_inference not in ("rate", "threshold"):
             raise ValueError(
                 f"DTPViTConfig.boundary_inference must be 'rate' or 'threshold', got {self.boundary_inference!r}"
+            )
+        if not 0.0 < self.boundary_threshold < 1.0:
+            raise ValueError(f"DTPViTConfig.boundary_threshold must be in (0, 1), got {self.boundary_threshold!r}")
+        if self.inference_chunk_size is not None and self.inference_chunk_size < 1:
+            raise ValueError(
+                f"DTPViTConfig.inference_chunk_size must be a positive integer or None, got {self.inference_chunk_size!r}"
             )
         if self.pooler_type not in ("mean", "cls"):
             raise ValueError(f"DTPViTConfig.pooler_type must be 'mean' or 'cls', got {self.pooler_type!r}")

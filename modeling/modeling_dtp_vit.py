@@ -81,7 +81,6 @@ class DTPViTEmbeddings(nn.Module):
                 f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), "
                 f"got {tuple(pixel_values.shape)}"
             )
-        check_pixel_values(pixel_values)
         dtype = self.patch_embedding.weight.dtype
         patches = self.patch_embedding(pixel_values.to(dtype)).flatten(2).transpose(1, 2)
         cls = self.class_embedding.expand(patches.shape[0], 1, -1)
@@ -149,29 +148,39 @@ class BoundaryPredictor(nn.Module):
     Training (Gumbel-sigmoid, temperature tau): soft_t = sigmoid((logit_t + log u - log(1 - u)) / tau), u ~ U(0, 1),
     hard_t = 1[soft_t > 0.5] with the straight-through estimator hard_t <- hard_t - sg(soft_t) + soft_t.
     Eval (deterministic): `boundary_inference="rate"` closes segments at the k = round(prior * T) patches with the
-    highest p_t; `"threshold"` uses hard_t = 1[p_t > 0.5]. The output bias b2 starts at logit(prior), so p_t starts
-    near the prior.
+    highest p_t; `"threshold"` uses hard_t = 1[p_t > theta], theta = `boundary_threshold` (0.5 unless calibrated).
+    The output bias b2 starts at logit(prior), so p_t starts near the prior.
     """
 
     def __init__(self, config: DTPViTConfig):
         super().__init__()
+        self.config = config
         self.temperature = config.boundary_temperature
         self.prior = config.compression_rate
-        self.inference = config.boundary_inference
         self.dense = nn.Linear(config.hidden_size, config.boundary_predictor_hidden_size)
         self.act = nn.GELU()
         self.out = nn.Linear(config.boundary_predictor_hidden_size, 1, bias=False)
         self.bias = nn.Parameter(torch.zeros(1))
 
+    def rate_count(self, num_tokens: int) -> int:
+        """k = round(prior * T), at least 1 and at most T: the boundaries the `"rate"` mode keeps per image."""
+        return min(num_tokens, max(1, round(self.prior * num_tokens)))
+
+    def probabilities(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """p_t = sigmoid(logit_t), float32, (batch, tokens)."""
+        return torch.sigmoid(self.logits(hidden_states))
+
+    def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return (self.out(self.act(self.dense(hidden_states))) + self.bias).squeeze(-1).float()
+
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (hard boundaries, probabilities), both (batch, tokens)."""
-        logits = (self.out(self.act(self.dense(hidden_states))) + self.bias).squeeze(-1).float()
+        logits = self.logits(hidden_states)
         probs = torch.sigmoid(logits)
         if not self.training:
-            if self.inference == "threshold":
-                return (probs > 0.5).to(hidden_states.dtype), probs
-            k = min(probs.shape[-1], max(1, round(self.prior * probs.shape[-1])))
-            top = probs.topk(k, dim=-1).indices
+            if self.config.boundary_inference == "threshold":
+                return (probs > self.config.boundary_threshold).to(hidden_states.dtype), probs
+            top = probs.topk(self.rate_count(probs.shape[-1]), dim=-1).indices
             return torch.zeros_like(probs).scatter(-1, top, 1.0).to(hidden_states.dtype), probs
         u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
         soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
@@ -186,12 +195,17 @@ class SegmentMeanPooling(nn.Module):
     else 0: equal to the one-hot assignment in value, but differentiable in b through seg_t (straight-through).
     pooled_s = sum_t A_{t,s} x_t / sum_t A_{t,s}. Rows with fewer segments are zero-padded; `segment_mask` marks
     the real segments (a row has seg_T + 1 segments: the tokens after the last boundary form one more).
+    `max_segments` fixes the padded width (it must be >= every row's count); by default it is the batch's largest
+    count, read from the data.
     """
 
-    def forward(self, hidden_states: torch.Tensor, boundaries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, hidden_states: torch.Tensor, boundaries: torch.Tensor, max_segments: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         segment_ids = boundaries.cumsum(dim=1) - boundaries
         num_segments = segment_ids[:, -1].detach().round().long() + 1
-        max_segments = int(num_segments.max())
+        if max_segments is None:
+            max_segments = int(num_segments.max())
         slots = torch.arange(max_segments, device=hidden_states.device, dtype=boundaries.dtype)
         offset = slots[None, None, :] - segment_ids[:, :, None]
         assignment = torch.where(offset.detach() == 0, 1 - offset, torch.zeros_like(offset))
@@ -201,6 +215,19 @@ class SegmentMeanPooling(nn.Module):
         segment_mask = slots[None, :].long() < num_segments[:, None]
         return pooled, segment_mask
 
+
+def count_sorted_chunks(counts: torch.Tensor, chunk_size: int) -> list[torch.Tensor]:
+    """Row indices in chunks of `chunk_size`, rows sorted by `counts` (stable), so that each chunk's rows have
+    similar counts and trimming a chunk to its longest row pads little."""
+    return list(counts.argsort(stable=True).split(chunk_size))
+
+
+def padding_waste(counts: torch.Tensor, chunk_size: int | None = None) -> float:
+    """Fraction of token slots that are padding when rows run in chunks sorted by count (one chunk if None):
+    1 - sum_i c_i / sum_g |g| max_{i in g} c_i."""
+    chunks = count_sorted_chunks(counts, chunk_size or len(counts))
+    slots = sum(len(rows) * int(counts[rows].max()) for rows in chunks)
+    return 1.0 - float(counts.sum()) / slots
 
 class BinomialBoundaryLoss(nn.Module):
     """L = -mean_b log Binomial(k_b; T, prior) / T, with k_b = sum_t hard_bt over T tokens."""
@@ -289,6 +316,60 @@ class DTPViTModel(DTPViTPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.patch_embedding
 
+    def _pre_stage(self, pixel_values, boundaries, run):
+        """Embeddings, pre-layers, boundaries and segment pooling of some images.
+
+        Returns (cls (B, 1, D), segments (B, S, D), segment_mask (B, S), boundaries (B, T)). Under `torch.compile`
+        the segment count S is fixed from shapes alone (`_segment_budget`), so the graph has no data-dependent size.
+        """
+        hidden = self.embeddings(pixel_values)
+        if self.pre_layrnorm is not None:
+            hidden = self.pre_layrnorm(hidden)
+        hidden = run(self.pre_layers, self.dropout(hidden), None)
+        cls, patches = hidden[:, :1], hidden[:, 1:]
+        batch, num_patches = patches.shape[:2]
+        if boundaries is not None:
+            boundaries = boundaries.to(patches.dtype)
+        elif self.pools:
+            boundaries, _ = self.boundary_predictor(patches)
+        else:  # a dense ViT: every patch is its own segment, nothing to pool
+            ones = torch.ones(batch, num_patches, dtype=patches.dtype, device=patches.device)
+            return cls, patches, ones.bool(), ones
+        if self.pools or torch.compiler.is_compiling() or not bool((boundaries == 1).all()):
+            budget = self._segment_budget(num_patches) if torch.compiler.is_compiling() else None
+            segments, segment_mask = self.segment_pooling(patches, boundaries, budget)
+        else:
+            segments, segment_mask = patches, torch.ones_like(boundaries, dtype=torch.bool)
+        return cls, segments, segment_mask, boundaries
+
+    def _segment_budget(self, num_patches: int) -> int:
+        """Padded segment count without reading the data: k + 1 for the `"rate"` mode's k boundaries (the tokens after
+        the last boundary form one more segment), else every patch."""
+        if self.pools and not self.training and self.config.boundary_inference == "rate":
+            return min(num_patches, self.boundary_predictor.rate_count(num_patches) + 1)
+        return num_patches
+
+    @staticmethod
+    def _attention_mask(key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """Padded segments are masked keys; with nothing padded (checked in eager mode only), no mask lets SDPA take
+        its fastest kernel."""
+        if not torch.compiler.is_compiling() and bool(key_mask.all()):
+            return None
+        return additive_mask(key_mask[:, None, None, :], dtype)
+
+    def _shortened_in_count_order(self, hidden, key_mask, chunk_size, run):
+        """Shortened layers and final norm over chunks of images sorted by token count, each chunk trimmed to its
+        longest row, so images of different counts share a batch with bounded padding (`padding_waste`). Padded
+        positions of the result are 0."""
+        counts = key_mask.sum(dim=-1)
+        out = torch.zeros_like(hidden)
+        for rows in count_sorted_chunks(counts, chunk_size):
+            length = int(counts[rows].max())
+            part_mask = key_mask[rows, :length]
+            part = run(self.shortened_layers, hidden[rows, :length], self._attention_mask(part_mask, hidden.dtype))
+            out[rows, :length] = self.post_layernorm(part)
+        return out
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -324,41 +405,43 @@ class DTPViTModel(DTPViTPreTrainedModel):
                     all_attn.append(probs)
             return hidden
 
-        hidden = self.embeddings(pixel_values)
-        if self.pre_layrnorm is not None:
-            hidden = self.pre_layrnorm(hidden)
-        hidden = run(self.pre_layers, self.dropout(hidden), None)
-        cls, patches = hidden[:, :1], hidden[:, 1:]
-        batch, num_patches = patches.shape[:2]
-
-        if boundaries is not None:
-            if tuple(boundaries.shape) != (batch, num_patches):
-                raise ValueError(
-                    f"boundaries must have shape (batch, num_patches) = {(batch, num_patches)}, "
-                    f"got {tuple(boundaries.shape)}"
-                )
-            boundaries = boundaries.to(patches.dtype)
-        elif self.pools:
-            boundaries, _ = self.boundary_predictor(patches)
+        check_pixel_values(pixel_values)
+        batch, num_patches = pixel_values.shape[0], self.config.num_patches
+        if boundaries is not None and tuple(boundaries.shape) != (batch, num_patches):
+            raise ValueError(
+                f"boundaries must have shape (batch, num_patches) = {(batch, num_patches)}, "
+                f"got {tuple(boundaries.shape)}"
+            )
+        chunk_size = self.config.inference_chunk_size
+        if self.training or all_hidden is not None or all_attn is not None or not chunk_size:
+            chunk_size = batch
+        # Full-length activations live inside `_pre_stage`, for one chunk of images at a time.
+        pieces = []
+        for i in range(0, batch, chunk_size):
+            given = None if boundaries is None else boundaries[i : i + chunk_size]
+            pieces.append(self._pre_stage(pixel_values[i : i + chunk_size], given, run))
+        if len(pieces) == 1:
+            cls, segments, segment_mask, boundaries = pieces.pop()
         else:
-            boundaries = torch.ones(batch, num_patches, dtype=patches.dtype, device=patches.device)
-
-        pooling = self.pools or not bool((boundaries == 1).all())
-        if pooling:
-            segments, segment_mask = self.segment_pooling(patches, boundaries)
-        else:
-            segments = patches
-            segment_mask = torch.ones(batch, num_patches, dtype=torch.bool, device=patches.device)
+            width = max(piece[1].shape[1] for piece in pieces)
+            cls = torch.cat([piece[0] for piece in pieces])
+            segments = torch.cat([F.pad(piece[1], (0, 0, 0, width - piece[1].shape[1])) for piece in pieces])
+            segment_mask = torch.cat([F.pad(piece[2], (0, width - piece[2].shape[1])) for piece in pieces])
+            boundaries = torch.cat([piece[3] for piece in pieces])
+            del pieces
         boundary_loss = None
         if self.training if return_boundary_loss is None else return_boundary_loss:
-            boundary_loss = self.boundary_loss_fn(boundaries) if pooling else patches.new_zeros(())
+            boundary_loss = self.boundary_loss_fn(boundaries) if self.pools else boundaries.new_zeros(())
         # From here on the compute dtype of the shortened layers (see `_keep_in_fp32_modules_strict`).
         hidden = torch.cat([cls, segments], dim=1).to(self.post_layernorm.weight.dtype)
+        del cls, segments
         key_mask = torch.cat([segment_mask.new_ones(batch, 1), segment_mask], dim=1)
-        # Padded segments are masked keys; with nothing padded, no mask lets SDPA take its fastest kernel.
-        attention_mask = None if bool(key_mask.all()) else additive_mask(key_mask[:, None, None, :], hidden.dtype)
-        hidden = run(self.shortened_layers, hidden, attention_mask)
-        hidden = self.post_layernorm(hidden)
+        threshold_mode = self.pools and self.config.boundary_inference == "threshold"
+        if chunk_size < batch and threshold_mode and not torch.compiler.is_compiling():
+            hidden = self._shortened_in_count_order(hidden, key_mask, chunk_size, run)
+        else:
+            hidden = run(self.shortened_layers, hidden, self._attention_mask(key_mask, hidden.dtype))
+            hidden = self.post_layernorm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)
 
