@@ -322,10 +322,7 @@ class DTPViTModel(DTPViTPreTrainedModel):
         Returns (cls (B, 1, D), segments (B, S, D), segment_mask (B, S), boundaries (B, T)). Under `torch.compile`
         the segment count S is fixed from shapes alone (`_segment_budget`), so the graph has no data-dependent size.
         """
-        hidden = self.embeddings(pixel_values)
-        if self.pre_layrnorm is not None:
-            hidden = self.pre_layrnorm(hidden)
-        hidden = run(self.pre_layers, self.dropout(hidden), None)
+        hidden = self._patch_states(pixel_values, run)
         cls, patches = hidden[:, :1], hidden[:, 1:]
         batch, num_patches = patches.shape[:2]
         if boundaries is not None:
@@ -341,6 +338,27 @@ class DTPViTModel(DTPViTPreTrainedModel):
         else:
             segments, segment_mask = patches, torch.ones_like(boundaries, dtype=torch.bool)
         return cls, segments, segment_mask, boundaries
+
+    def _patch_states(self, pixel_values, run):
+        """Embeddings, pre-layernorm and pre-layers: (B, 1 + T, D), CLS first."""
+        hidden = self.embeddings(pixel_values)
+        if self.pre_layrnorm is not None:
+            hidden = self.pre_layrnorm(hidden)
+        return run(self.pre_layers, self.dropout(hidden), None)
+
+    @torch.no_grad()
+    def boundary_probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The predictor's p_t for each patch, (batch, num_patches), float32 (a model that pools only)."""
+        if not self.pools:
+            raise ValueError("boundary_probabilities needs a pooling model (compression_rate < 1.0)")
+        check_pixel_values(pixel_values)
+
+        def run(layers, hidden, attention_mask):
+            for layer in layers:
+                hidden = layer(hidden, attention_mask)[0]
+            return hidden
+
+        return self.boundary_predictor.probabilities(self._patch_states(pixel_values, run)[:, 1:])
 
     def _segment_budget(self, num_patches: int) -> int:
         """Padded segment count without reading the data: k + 1 for the `"rate"` mode's k boundaries (the tokens after
@@ -520,6 +538,35 @@ class DTPViTForImageClassification(DTPViTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+@torch.no_grad()
+def calibrate_boundary_threshold(
+    model: DTPViTModel, pixel_values: torch.Tensor, target_rate: float | None = None, batch_size: int = 64
+) -> float:
+    r"""Fits the `"threshold"` mode's cut on held-out images and switches `model` to it.
+
+    theta is the midpoint between the k-th and (k+1)-th largest p_t over all N patches of `pixel_values`,
+    k = round(target_rate * N) (default target: the model's `compression_rate`), so exactly k of them have p > theta:
+    their mean boundary rate is the target, while each image gets its own count. Sets `boundary_threshold` and
+    `boundary_inference="threshold"` in `model.config` (saved with the model) and returns theta.
+    """
+    target_rate = model.config.compression_rate if target_rate is None else target_rate
+    if not 0.0 < target_rate < 1.0:
+        raise ValueError(f"target_rate must be in (0, 1), got {target_rate!r}")
+    was_training = model.training
+    model.eval()
+    probs = torch.cat([model.boundary_probabilities(chunk) for chunk in pixel_values.split(batch_size)]).flatten()
+    model.train(was_training)
+    k = round(target_rate * probs.numel())
+    if not 0 < k < probs.numel():
+        raise ValueError(f"{probs.numel()} patches are too few to fit a rate of {target_rate}: pass more images")
+    top = probs.topk(k + 1).values
+    theta = float((top[k - 1] + top[k]) / 2)
+    theta = min(max(theta, torch.finfo(torch.float32).tiny), 1.0 - torch.finfo(torch.float32).eps)
+    model.config.boundary_threshold = theta
+    model.config.boundary_inference = "threshold"
+    return theta
+
+
 def _square_side(value, name: str) -> int:
     """CLIP configs allow (height, width) sizes; DTP-ViT needs square ones."""
     if isinstance(value, int):
@@ -596,6 +643,9 @@ __all__ = [
     "DTPViTPreTrainedModel",
     "DTPViTModel",
     "DTPViTForImageClassification",
+    "calibrate_boundary_threshold",
+    "count_sorted_chunks",
     "dtp_vit_config_from_clip_vision",
     "load_clip_vision_weights",
+    "padding_waste",
 ]

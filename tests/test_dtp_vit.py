@@ -156,3 +156,62 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.randn(2, 3, 16, 16), labels=torch.tensor([0, 7]))
     with pytest.raises(ValueError, match="boundaries must have shape"):
         model(torch.randn(2, 3, 16, 16), boundaries=torch.ones(2, 5))
+
+
+def spread_threshold_model(**overrides):
+    """A tiny pooling classifier whose predictor gives images clearly different boundary probabilities."""
+    torch.manual_seed(0)
+    model = DTPViTForImageClassification(tiny_config(compression_rate=0.25, **overrides)).eval()
+    torch.nn.init.normal_(model.dtp_vit.boundary_predictor.out.weight, std=2.0)
+    return model
+
+
+def test_calibrated_threshold_hits_the_target_rate_on_held_out_images():
+    from leanvision.modeling.modeling_dtp_vit import calibrate_boundary_threshold
+
+    model = spread_threshold_model()
+    generator = torch.Generator().manual_seed(1)
+    calibration, held_out = torch.randn(2, 200, 3, 16, 16, generator=generator)
+    theta = calibrate_boundary_threshold(model.dtp_vit, calibration)
+    assert model.config.boundary_inference == "threshold" and model.config.boundary_threshold == theta
+    with torch.no_grad():
+        fitted = model(calibration).boundary_ratio
+        out = model(held_out)
+    assert abs(fitted.mean().item() - 0.25) < 1 / (200 * 16)  # exact on the fitting set, up to one patch
+    assert abs(out.boundary_ratio.mean().item() - 0.25) < 0.02
+    counts = out.boundaries.sum(-1)
+    assert counts.std() > 1.0 and len(set(counts.tolist())) >= 5  # each image its own count
+    with pytest.raises(ValueError, match="target_rate"):
+        calibrate_boundary_threshold(model.dtp_vit, calibration, target_rate=1.0)
+
+
+def test_threshold_mode_packs_images_by_count_and_batched_equals_alone():
+    from leanvision.modeling.modeling_dtp_vit import padding_waste
+
+    model = spread_threshold_model(boundary_inference="threshold", boundary_threshold=0.3, inference_chunk_size=4)
+    x = torch.randn(10, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        batched = model(x)
+        counts = batched.segment_mask.sum(-1)
+        assert len(set(counts.tolist())) >= 3
+        for i in range(len(x)):
+            torch.testing.assert_close(model(x[i : i + 1]).logits[0], batched.logits[i], rtol=0, atol=1e-5)
+        model.config.inference_chunk_size = None  # one padded batch: same logits
+        torch.testing.assert_close(model(x).logits, batched.logits, rtol=0, atol=1e-5)
+    # Waste by hand: sorted chunks of 4 pad each row to its chunk's longest; one batch pads to the overall longest.
+    ordered = counts.sort().values
+    slots = sum(len(chunk) * int(chunk.max()) for chunk in ordered.split(4))
+    assert padding_waste(counts, 4) == pytest.approx(1 - counts.sum().item() / slots)
+    assert padding_waste(counts) == pytest.approx(1 - counts.float().mean().item() / counts.max().item())
+    assert padding_waste(counts, 4) < padding_waste(counts)
+
+
+def test_chunked_pre_stage_equals_one_batch():
+    model = DTPViTForImageClassification(tiny_config(compression_rate=0.5, inference_chunk_size=3)).eval()
+    x = torch.randn(7, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        chunked = model(x)
+        model.config.inference_chunk_size = None
+        whole = model(x)
+    torch.testing.assert_close(chunked.logits, whole.logits, rtol=0, atol=1e-5)
+    assert torch.equal(chunked.boundaries, whole.boundaries) and torch.equal(chunked.segment_mask, whole.segment_mask)
