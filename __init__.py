@@ -25,6 +25,7 @@ from .modeling.modeling_dtp_clip import DTPCLIPModel
 from .modeling.modeling_dtp_vit import DTPViTForImageClassification, DTPViTModel
 from .modeling.modeling_gated_sparse_blip import GatedSparseBlipForConditionalGeneration, GatedSparseBlipModel
 from .processing.pipeline_image_to_text import ImageToTextPipeline
+from .processing.pipeline_zero_shot import ZeroShotImageClassificationPipeline
 from .processing.processing_dtp_clip import DTPCLIPProcessor
 from .modeling.modeling_qvision import QVisionForConditionalGeneration, QVisionModel
 from .processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
@@ -55,6 +56,12 @@ AutoProcessor.register(QVisionConfig, QVisionProcessor, exist_ok=True)
 PIPELINE_REGISTRY.register_pipeline(
     "image-to-text", pipeline_class=ImageToTextPipeline, pt_model=AutoModelForImageTextToText
 )
+# "zero-shot-image-classification": transformers' pipeline with checked labels (one comma-separated string splits into
+# labels, empty labels are refused) and leanvision's image loader; same default model, no "overwriting" warning.
+PIPELINE_REGISTRY.supported_tasks["zero-shot-image-classification"] = {
+    **PIPELINE_REGISTRY.supported_tasks["zero-shot-image-classification"],
+    "impl": ZeroShotImageClassificationPipeline,
+}
 _redirect_removed_task = transformers_pipelines._resolve_deprecated_task
 
 
@@ -80,6 +87,7 @@ __all__ = [
     "GatedSparseBlipForConditionalGeneration",
     "GatedSparseBlipProcessor",
     "ImageToTextPipeline",
+    "ZeroShotImageClassificationPipeline",
     "QVisionConfig",
     "QVisionModel",
     "QVisionForConditionalGeneration",

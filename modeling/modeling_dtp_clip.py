@@ -16,6 +16,9 @@ from transformers.utils import ModelOutput
 
 from ..configuration.configuration_dtp_clip import DTPCLIPConfig
 from ..modeling.modeling_dtp_vit import DTPViTModel, dtp_vit_config_from_clip_vision, load_clip_vision_weights
+# The pipeline that config.json's `custom_pipelines` names: imported so that `save_pretrained` of a remotely loaded
+# model copies its file along with this one.
+from ..processing.pipeline_zero_shot import ZeroShotImageClassificationPipeline  # noqa: F401
 from .modeling_common import BundleCodeFirstMixin
 
 

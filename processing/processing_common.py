@@ -3,6 +3,7 @@ bundles carry this file next to the processor files; it imports only numpy and P
 
 import base64
 import binascii
+import errno
 import io
 import logging
 import os
@@ -64,6 +65,23 @@ def _decode(data, name: str, max_pixels: int) -> Image.Image:
     return to_rgb(image, name)
 
 
+def check_file(path: str) -> None:
+    """Refuses a `path` that is no readable file, saying what it is: a folder, a symlink loop, a symlink to a missing
+    file, or nothing."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a folder, not an image file")
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ValueError(f"{path!r} is a symlink loop (a link that leads back to itself)") from None
+            raise FileNotFoundError(f"{path!r} is a symlink to a missing file ({os.readlink(path)!r})") from None
+    raise FileNotFoundError(f"no such image file: {path!r}")
+
+
 def load_image(source, timeout: float | None = DEFAULT_TIMEOUT, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """An upright 8-bit RGB PIL image from a PIL image, a file path, an http(s) URL (fetched with `timeout` seconds,
     10 by default) or a base64 string. Every format PIL opens is read; the size is checked from the header before
@@ -83,9 +101,8 @@ def load_image(source, timeout: float | None = DEFAULT_TIMEOUT, max_pixels: int 
             reason = getattr(err, "reason", err)
             raise ValueError(f"could not fetch the image {source!r}: {reason}") from None
         return _decode(io.BytesIO(data), repr(source), max_pixels)
-    if os.path.exists(source):
-        if not os.path.isfile(source):
-            raise ValueError(f"{source!r} is not a file")
+    if os.path.lexists(source):  # a dangling or looping symlink exists too
+        check_file(source)
         return _decode(source, repr(source), max_pixels)
     payload = source.split("base64,", 1)[1] if source.startswith("data:") and "base64," in source else source
     try:
@@ -119,6 +136,12 @@ def check_images(images, do_rescale: bool = True) -> None:
                 logger.warning(RESCALED_WARNING)
 
 
+def check_texts(text) -> None:
+    """Rejects an empty list of texts (the tokenizer would return an empty batch, or fail deep inside)."""
+    if not isinstance(text, str) and len(text) == 0:
+        raise ValueError("`text` is an empty list: pass at least one text.")
+
+
 def warn_if_truncated(tokenizer, texts: list[str], limit: int | None) -> None:
     """Logs a warning when a text is longer than `limit` tokens, so that truncation is never silent."""
     if not limit or max(len(text.encode()) for text in texts) + 2 <= limit:  # every token covers a byte or more
@@ -128,4 +151,7 @@ def warn_if_truncated(tokenizer, texts: list[str], limit: int | None) -> None:
         logger.warning("a text of %d tokens is truncated to the %d-token limit", longest, limit)
 
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_IMAGE_PIXELS", "check_images", "load_image", "to_rgb", "warn_if_truncated"]
+__all__ = [
+    "DEFAULT_TIMEOUT", "MAX_IMAGE_PIXELS", "check_file", "check_images", "check_texts", "load_image", "to_rgb",
+    "warn_if_truncated",
+]

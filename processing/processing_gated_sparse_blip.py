@@ -5,7 +5,7 @@ from transformers import AutoTokenizer, BlipImageProcessorPil
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .processing_common import check_images, warn_if_truncated
+from .processing_common import check_images, check_texts, warn_if_truncated
 
 
 class GatedSparseBlipProcessor(ProcessorMixin):
@@ -94,6 +94,7 @@ class GatedSparseBlipProcessor(ProcessorMixin):
         elif latents is not None:
             data["latents"] = torch.as_tensor(latents)
         if text is not None:
+            check_texts(text)
             if truncation:
                 texts = [text] if isinstance(text, str) else list(text)
                 warn_if_truncated(self.tokenizer, texts, max_length or self.tokenizer.model_max_length)

@@ -2,7 +2,7 @@
 
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 
-from .processing_common import check_images, warn_if_truncated
+from .processing_common import check_images, check_texts, warn_if_truncated
 
 
 class QVisionProcessor(ProcessorMixin):
@@ -73,6 +73,7 @@ class QVisionProcessor(ProcessorMixin):
         return BatchFeature(data=data, tensor_type="pt")
 
     def _encode_text(self, text, add_eos_token, padding, max_length, padding_side) -> dict:
+        check_texts(text)
         texts = [text] if isinstance(text, str) else list(text)
         tokenizer = self.tokenizer
         num_special = 1 + int(add_eos_token)

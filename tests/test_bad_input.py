@@ -31,6 +31,7 @@ from leanvision.training.data.tokenizers import word_level_tokenizer
 from leanvision.hub_cards.export import export_model
 from leanvision.training.files import open_image
 from leanvision.training.data.tokenizers import char_tokenizer
+from leanvision.training.train import main as train_main
 from leanvision.training.train import parse_args
 from leanvision.configuration.configuration_qvision import QVisionConfig
 from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
@@ -687,6 +688,252 @@ def exported_files_have_ordinary_permissions(env):
     assert modes == {0o644}
 
 
+# --- recipes and train (cases 1, 2, 9, 12) -----------------------------------------------------------------------
+
+RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "recipes")
+DIGITS_RECIPE = os.path.join(RECIPES, "dtp_vit_digits.yaml")
+
+
+def recipe_config_override_typo(env):
+    recipe = env["root"] / "typo.yaml"
+    recipe.write_text("family: dtp_vit\nconfig_overrides:\n  hidden_sizee: 64\n")
+    with pytest.raises(ValueError, match="'hidden_sizee' is not a field of DTPViTConfig; did you mean 'hidden_size'"):
+        parse_args([str(recipe)])
+
+
+def _train_refused_case(flag, value, message):
+    def case(env):
+        out = env["root"] / f"train{flag}"
+        with pytest.raises(ValueError, match=message):
+            train_main([DIGITS_RECIPE, "--output_dir", str(out), flag, value])
+        assert not out.exists()  # refused before anything is created
+    return case
+
+
+train_negative_epochs = _train_refused_case("--num_train_epochs", "-3", "num_train_epochs must be > 0")
+train_negative_learning_rate = _train_refused_case("--learning_rate", "-0.1", "learning_rate must be >= 0")
+
+
+def cli_train_broken_yaml(env, capsys):
+    recipe = env["root"] / "broken.yaml"
+    recipe.write_text("family: dtp_vit\nconfig_overrides: [a\n  b: c\n")
+    code, _, err = _cli(env, capsys, "train", str(recipe))
+    assert code == 2
+    assert _one_error_line(err).startswith(f"leanvision train: error: recipe {recipe}: invalid YAML at line 3")
+
+
+def cli_train_output_dir_is_a_file(env, capsys):
+    target = env["root"] / "train-target.txt"
+    target.write_text("x")
+    code, _, err = _cli(env, capsys, "train", DIGITS_RECIPE, "--output_dir", str(target))
+    assert code == 2 and "is an existing file, not a folder" in _one_error_line(err)
+
+
+def _saved_tiny_qvision(env):
+    folder = env["root"] / "qvision"
+    if not folder.exists():
+        _tiny_qvision().save_pretrained(folder)
+        env["qvision"].save_pretrained(folder)
+    return folder
+
+
+def cli_analyze_out_dir_is_a_file(env, capsys):
+    target = env["root"] / "analysis-target.txt"
+    target.write_text("x")
+    code, _, err = _cli(env, capsys, "analyze", _saved(env, _rgb_image(), "analyze.png"), "--model",
+                        str(_saved_tiny_qvision(env)), "--out-dir", str(target), "--max-new-tokens", "2")
+    line = _one_error_line(err)  # analyze (training/tools, issue 16) names the file through its OSError
+    assert code == 2 and line.startswith("leanvision analyze: error: ") and "File exists" in line and str(target) in line
+    assert target.read_text() == "x"
+
+
+# --- GIF and TIFF through analyze (case 13) ------------------------------------------------------------------------
+
+def cli_analyze_gif_and_tiff(env, capsys):
+    gif = _saved(env, _rgb_image(2), "analyze.gif")
+    tiff = _saved(env, _rgb_image(3), "analyze.tiff")
+    out_dir = env["root"] / "analysis-gif"
+    code, _, err = _cli(env, capsys, "analyze", gif, tiff, "--model", str(_saved_tiny_qvision(env)),
+                        "--out-dir", str(out_dir), "--max-new-tokens", "2")
+    assert code == 0, err
+    assert out_dir.is_dir() and len(os.listdir(out_dir)) > 0
+
+
+# --- symlinks and empty texts (case 10) ----------------------------------------------------------------------------
+
+def _symlink_loop(env):
+    first, second = env["root"] / "loop-a.png", env["root"] / "loop-b.png"
+    for link, target in ((first, second), (second, first)):
+        if not os.path.islink(link):
+            os.symlink(target, link)
+    return str(first)
+
+
+def symlink_loop_open_image(env):
+    path = _symlink_loop(env)
+    with pytest.raises(ValueError, match=f"'{path}' is a symlink loop"):
+        open_image(path)
+
+
+def symlink_loop_through_the_pipeline(env):
+    path = _symlink_loop(env)
+    with pytest.raises(ValueError, match=f"'{path}' is a symlink loop"):
+        _pipeline(env)(path)
+
+
+def cli_caption_symlink_loop(env, capsys):
+    path = _symlink_loop(env)
+    code, out, err = _cli(env, capsys, "caption", path, "--model", str(env["root"] / "gsb"))
+    assert code == 2 and out == "" and f"'{path}' is a symlink loop" in _one_error_line(err)
+
+
+def dangling_symlink(env):
+    link = env["root"] / "dangling.png"
+    if not os.path.islink(link):
+        os.symlink(env["root"] / "moved-away.png", link)
+    with pytest.raises(FileNotFoundError, match="dangling.png' is a symlink to a missing file .*moved-away.png"):
+        load_image(str(link))
+
+
+def empty_text_list_gsb(env):
+    with pytest.raises(ValueError, match="`text` is an empty list: pass at least one text"):
+        env["gsb"][1](text=[])
+
+
+def empty_text_list_qvision(env):
+    with pytest.raises(ValueError, match="`text` is an empty list: pass at least one text"):
+        env["qvision"](text=[])
+
+
+# --- zero-shot labels (cases 3, 6, 10): the exported DTP-CLIP where leanvision cannot be imported ------------------
+
+ZERO_SHOT_FRESH = """
+import json, sys
+import numpy as np
+from PIL import Image
+from transformers import pipeline
+
+export, deep = sys.argv[1], sys.argv[2]
+pipe = pipeline("zero-shot-image-classification", model=export, trust_remote_code=True)
+image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+pixels = np.asarray(Image.open(deep), dtype=np.float64)
+eight_bit = Image.fromarray((pixels / 65535 * 255 + 0.5).astype(np.uint8)).convert("RGB")
+labels = ["red circle", "blue square", "green triangle"]
+calls = {
+    "string": lambda: pipe(image, candidate_labels="red circle, blue square,  green triangle , "),
+    "list": lambda: pipe(image, candidate_labels=labels),
+    "empty_list": lambda: pipe(image, candidate_labels=[]),
+    "empty_string": lambda: pipe(image, candidate_labels=" , "),
+    "no_images": lambda: pipe([], candidate_labels=labels),
+    "deep_path": lambda: pipe(deep, candidate_labels=labels),
+    "deep_eight_bit": lambda: pipe(eight_bit, candidate_labels=labels),
+    "white": lambda: pipe(Image.new("RGB", (64, 64), "white"), candidate_labels=labels),
+}
+answers = {"class": type(pipe).__module__}
+for name, call in calls.items():
+    try:
+        answers[name] = ["ok", call()]
+    except Exception as err:
+        answers[name] = [type(err).__name__, str(err)]
+print(json.dumps(answers))
+"""
+
+
+def _zero_shot_fresh(env):
+    if "zero_shot_fresh" not in env:
+        from helpers import run_fresh
+        from test_attention import ROOT
+
+        export = env["root"] / "dtp_clip-export"
+        export_model(os.path.join(ROOT, "dtp_clip"), str(export))
+        env["zero_shot_fresh"] = run_fresh(ZERO_SHOT_FRESH, env["root"], str(export), _sixteen_bit_path(env))
+        assert env["zero_shot_fresh"]["class"].startswith("transformers_modules.")
+    return env["zero_shot_fresh"]
+
+
+def zero_shot_labels_as_one_string(env):
+    answers = _zero_shot_fresh(env)
+    assert answers["string"] == answers["list"] and answers["string"][0] == "ok"
+    assert sorted(p["label"] for p in answers["string"][1]) == ["blue square", "green triangle", "red circle"]
+
+
+def _zero_shot_refused_case(name, error, message):
+    def case(env):
+        assert _zero_shot_fresh(env)[name] == [error, message]
+    return case
+
+
+EMPTY_LABELS = "`candidate_labels` is empty: pass at least one label, e.g. ['a cat', 'a dog'] or 'a cat, a dog'"
+zero_shot_empty_label_list = _zero_shot_refused_case("empty_list", "ValueError", EMPTY_LABELS)
+zero_shot_empty_label_string = _zero_shot_refused_case("empty_string", "ValueError", EMPTY_LABELS)
+zero_shot_empty_image_list = _zero_shot_refused_case(
+    "no_images", "ValueError", "no images given: pass an image or a non-empty list of images")
+
+
+def zero_shot_sixteen_bit_png(env):
+    answers = _zero_shot_fresh(env)
+    assert answers["deep_path"] == answers["deep_eight_bit"] and answers["deep_path"][0] == "ok"
+    assert answers["deep_path"] != answers["white"]  # the model tells them apart: a white image would show
+
+
+def zero_shot_registered_with_leanvision(env):
+    from transformers import pipeline
+
+    from leanvision import ZeroShotImageClassificationPipeline
+    from test_attention import ROOT
+
+    pipe = pipeline("zero-shot-image-classification", model=os.path.join(ROOT, "dtp_clip"))
+    assert isinstance(pipe, ZeroShotImageClassificationPipeline)
+    image = _rgb_image(size=(40, 40))
+    assert pipe(image, candidate_labels="a, b") == pipe(image, candidate_labels=["a", "b"])
+    with pytest.raises(ValueError, match=r"`hypothesis_template` must be a string with one \{\} for the label"):
+        pipe(image, candidate_labels=["a"], hypothesis_template="a photo")
+    with pytest.raises(TypeError, match="`candidate_labels` must be strings, got int 3"):
+        pipe(image, candidate_labels=["a", 3])
+
+
+# --- an export killed midway (case 12) -----------------------------------------------------------------------------
+
+KILLED_EXPORT = """
+import sys, time
+import transformers.modeling_utils
+from leanvision.hub_cards.export import export_model
+
+def slow_write(tensors, filename, metadata=None):
+    with open(filename, "wb") as f:
+        f.write(b"half a weights file")
+    print("writing", flush=True)
+    time.sleep(600)
+
+transformers.modeling_utils.safe_save_file = slow_write
+export_model(sys.argv[1], sys.argv[2])
+"""
+
+
+def export_killed_midway_then_rerun(env):
+    import signal
+    import subprocess
+    import sys
+
+    out = env["root"] / "killed-export"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, str(env["root"] / "gsb"), str(out)],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    try:
+        assert child.stdout.readline().strip() == "writing"  # inside save_pretrained: the staging folder is half full
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stdout.close()
+    stale = [name for name in os.listdir(env["root"]) if name.startswith(f".staging-killed-export-{child.pid}-")]
+    assert len(stale) == 1 and not out.exists()
+    assert (env["root"] / stale[0] / "model.safetensors").read_bytes() == b"half a weights file"
+    export_model(str(env["root"] / "gsb"), str(out))
+    assert not [name for name in os.listdir(env["root"]) if name.startswith(".staging-killed-export-")]
+    assert out.is_dir() and (out / "model.safetensors").stat().st_size > 1000
+
+
 CASES = [
     grayscale, rgba, palette, sixteen_bit_png, cmyk_jpeg, exif_rotated_jpeg, one_pixel,
     huge_image_is_refused_before_decoding, truncated_file, not_an_image, missing_image, empty_image_list_gsb,
@@ -707,6 +954,12 @@ CASES = [
     cli_visualize_missing_image, cli_visualize_folder_as_image, cli_visualize_out_dir_is_a_file,
     cli_export_under_an_existing_file, cli_export_into_a_read_only_folder, cli_export_onto_a_full_disk,
     cli_publish_eval_json_not_json, stale_staging_folder_is_removed, exported_files_have_ordinary_permissions,
+    recipe_config_override_typo, train_negative_epochs, train_negative_learning_rate, cli_train_broken_yaml,
+    cli_train_output_dir_is_a_file, cli_analyze_out_dir_is_a_file, cli_analyze_gif_and_tiff, symlink_loop_open_image,
+    symlink_loop_through_the_pipeline, cli_caption_symlink_loop, dangling_symlink, empty_text_list_gsb,
+    empty_text_list_qvision, zero_shot_labels_as_one_string, zero_shot_empty_label_list, zero_shot_empty_label_string,
+    zero_shot_empty_image_list, zero_shot_sixteen_bit_png, zero_shot_registered_with_leanvision,
+    export_killed_midway_then_rerun,
 ]
 CASE_NAMES = {
     "latents_wrong_channels": latents_wrong_channels, "latents_nan": latents_nan, "latents_inf": latents_inf,
@@ -718,6 +971,10 @@ CASE_NAMES = {
     "inf_tensor_refused": inf_tensor_refused, "zero_size_array_refused": zero_size_array_refused,
     "zero_size_pil_refused": zero_size_pil_refused, "cli_caption_batch_size_zero": cli_caption_batch_size_zero,
     "cli_caption_batch_size_negative": cli_caption_batch_size_negative,
+    "train_negative_epochs": train_negative_epochs, "train_negative_learning_rate": train_negative_learning_rate,
+    "zero_shot_empty_label_list": zero_shot_empty_label_list,
+    "zero_shot_empty_label_string": zero_shot_empty_label_string,
+    "zero_shot_empty_image_list": zero_shot_empty_image_list,
 }
 
 

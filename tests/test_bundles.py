@@ -61,6 +61,8 @@ def test_bundle_pipeline_runs_and_a_resaved_bundle_still_loads(family, tmp_path,
     assert result["again"] == result["first"]
     if family in ("gated_sparse_blip", "qvision_multimodel"):
         assert (tmp_path / "resaved" / "pipeline_image_to_text.py").is_file()
+    if family == "dtp_clip":
+        assert (tmp_path / "resaved" / "pipeline_zero_shot.py").is_file()
 
 
 def test_a_new_qvision_export_captions_deterministically(tmp_path, image_path):

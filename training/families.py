@@ -89,6 +89,14 @@ FAMILIES: dict[str, Family] = {
         task="contrastive",
         build=build_dtp_clip,
         processor_auto_map={"AutoProcessor": "processing_dtp_clip.DTPCLIPProcessor"},
+        # Labels given as one comma-separated string, empty labels refused, leanvision's image loader.
+        custom_pipelines={
+            "zero-shot-image-classification": {
+                "impl": "pipeline_zero_shot.ZeroShotImageClassificationPipeline",
+                "pt": ["AutoModelForZeroShotImageClassification"],
+                "type": "multimodal",
+            }
+        },
     ),
     "gated_sparse_blip": Family(
         name="gated_sparse_blip",
