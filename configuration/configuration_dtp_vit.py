@@ -115,7 +115,8 @@ class DTPViTConfig(PreTrainedConfig):
             raise ValueError(f"DTPViTConfig.boundary_threshold must be in (0, 1), got {self.boundary_threshold!r}")
         if self.inference_chunk_size is not None and self.inference_chunk_size < 1:
             raise ValueError(
-                f"DTPViTConfig.inference_chunk_size must be a positive integer or None, got {self.inference_chunk_size!r}"
+                "DTPViTConfig.inference_chunk_size must be a positive integer or None, "
+                f"got {self.inference_chunk_size!r}"
             )
         if self.pooler_type not in ("mean", "cls"):
             raise ValueError(f"DTPViTConfig.pooler_type must be 'mean' or 'cls', got {self.pooler_type!r}")

@@ -57,7 +57,8 @@ def merge_weighted(
     hidden: torch.Tensor, sizes: torch.Tensor, kept: torch.Tensor, merged: torch.Tensor, destination: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Size-weighted merge: for every b in B, `x_b <- (s_b x_b + sum_{a -> b} s_a x_a) / s'_b`, `s'_b = s_b +
-    sum_{a -> b} s_a`; merged A tokens are dropped. Returns ([kept A; B] tokens, their sizes), (batch, tokens - r, ...)."""
+    sum_{a -> b} s_a`; merged A tokens are dropped. Returns ([kept A; B] tokens, their sizes), (batch, tokens - r,
+    ...)."""
     width = hidden.shape[-1]
     weighted = hidden * sizes[..., None]
     a, b = weighted[:, ::2], weighted[:, 1::2]
