@@ -219,6 +219,8 @@ def _cmd_analyze(args) -> int:
     from .training.tools.analyze import analyze_saved_model
 
     _check_at_least_one("--max-new-tokens", args.max_new_tokens)
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise ValueError(f"--out-dir {args.out_dir!r} is an existing file, not a folder")
     files = image_files(args.images)
     good, _ = _open_good_images("analyze", files)
     if len(good) < len(files) and args.captions:
@@ -229,6 +231,8 @@ def _cmd_analyze(args) -> int:
     for path in result["paths"].values():
         for one in path if isinstance(path, list) else [path]:
             print(one)
+    for name, reason in ((result["token_similarity"] or {}).get("skipped") or {}).items():
+        print(f"token similarity: {name} skipped: {reason}")
     if len(good) < len(files):
         print(f"leanvision analyze: error: {len(files) - len(good)} of {len(files)} images could not be read",
               file=sys.stderr)
@@ -291,21 +295,40 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def boundaries_dir(model_dir: str) -> str:
+    """visualize-boundaries' default out-dir: a folder beside the model, `<model>-boundaries`."""
+    return os.path.normpath(model_dir) + "-boundaries"
+
+
 def _cmd_visualize(args) -> int:
     from .training.families import load_saved
-    from .training.files import open_image
+    from .training.files import image_files
+    from .training.inference import CLASSIFYING_TASKS, class_probabilities, top_labels
     from .training.tools.visualize import visualize_boundaries
 
-    images = [open_image(path) for path in args.images]  # every image is checked before anything is written
-    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-        raise ValueError(f"--out-dir {args.out_dir!r} is an existing file, not a folder")
+    # Folders expand to their images; every image is opened before the model loads or anything is written.
+    files = [f for path in args.images for f in (image_files([path]) if os.path.isdir(path) else [path])]
+    good, images = _open_good_images("visualize-boundaries", files)
+    out_dir = args.out_dir or boundaries_dir(args.model)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out-dir {out_dir!r} is an existing file, not a folder")
     family, model, processor = load_saved(args.model)
     vision = getattr(model, "dtp_vit", None) or getattr(model, "vision_model", None)
     if vision is None or not hasattr(vision, "boundary_predictor"):
         raise ValueError(f"{args.model!r} is a {family.name} model, which has no DTP boundaries to draw")
+    titles = [os.path.basename(path) for path in good]
+    if family.task in CLASSIFYING_TASKS and (family.task != "contrastive" or args.labels):
+        labels = args.labels.split(",") if args.labels else None
+        probabilities, names = class_probabilities(family, model, processor, images, labels)
+        titles = [f"{title}: predicted {best[0]['label']!r} ({best[0]['score']:.2f})"
+                  for title, best in zip(titles, top_labels(probabilities, names, 1))]
     image_processor = getattr(processor, "image_processor", processor)
-    for path in visualize_boundaries(vision, image_processor, images, args.out_dir):
-        print(path)
+    for path, source in zip(visualize_boundaries(vision, image_processor, images, out_dir, titles=titles), good):
+        print(f"{source} -> {path}")
+    if len(good) < len(files):
+        print(f"leanvision visualize-boundaries: error: {len(files) - len(good)} of {len(files)} images could not be "
+              "read", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -539,12 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "visualize-boundaries",
         help="draw a DTP model's predicted segment boundaries over images (one PNG each)",
-        description="For each IMAGE: the processed image with its patch grid, each pooled segment in its own colour "
-        "and a red bar after each boundary patch.",
+        description="For each image (folders: every image file PIL opens): the processed image (grey pictures in "
+        "grayscale) with its patch grid and the borders between pooled segments drawn as lines, titled with the file "
+        "name and, for a classifier (or DTP-CLIP with --labels), the prediction. Prints IMAGE -> PNG per image.",
     )
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--model", required=True, help="a saved or exported DTP model folder")
-    p.add_argument("--out-dir", default=".", help="where to write boundaries_<i>.png")
+    p.add_argument("--out-dir", help="where to write boundaries_<i>.png (default: MODEL-boundaries, beside the model)")
+    p.add_argument("--labels", help="DTP-CLIP: comma-separated candidate labels, to title each figure with the best")
     p.set_defaults(func=_cmd_visualize)
     return parser
 

@@ -2,6 +2,7 @@
 computations."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -203,3 +204,76 @@ def test_analyze_saved_model_reads_folders_of_images(processor, images, tmp_path
     err = capsys.readouterr().err
     assert code == 1 and "2.jpg' is not an image file" in err and "1 of 3 images could not be read" in err
     assert (tmp_path / "cli" / "query_to_patch_0.png").exists() and (tmp_path / "cli" / "query_to_patch_1.png").exists()
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every figure analyze saves, as (file name, suptitle, axes titles, number of image panels) before it closes."""
+    from leanvision.training.tools import analyze as analyze_module
+
+    saved = []
+    original = analyze_module.save_figure_atomically
+
+    def record(fig, path):
+        suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+        panels = [ax for ax in fig.axes if ax.images]
+        saved.append((os.path.basename(path), suptitle, [ax.get_title() for ax in panels], len(panels)))
+        return original(fig, path)
+
+    monkeypatch.setattr(analyze_module, "save_figure_atomically", record)
+    return saved
+
+
+def test_figures_show_every_query_and_name_the_file_and_caption(processor, images, tmp_path, figures):
+    path = tmp_path / "photo.png"
+    images[0].save(path)
+    analyze(tiny_model(), processor, [str(path)], str(tmp_path / "out"), captions=CAPTIONS[:1])
+    by_name = {name: (suptitle, titles, panels) for name, suptitle, titles, panels in figures}
+
+    suptitle, titles, panels = by_name["query_to_patch_0.png"]
+    assert f"photo.png, caption {CAPTIONS[0]!r}" in suptitle and "every Q-Former token (5)" in suptitle
+    assert panels == 2 + 1 + NUM_QUERIES  # image, mean, g and every query
+    assert titles[2:] == [f"{t} -> patches" for t in ["g", "q1", "q2", "q3", "q4"]]
+    assert "photo.png" in by_name["word_to_query_0.png"][1][0]
+    assert "photo.png" in by_name["word_to_patch_0.png"][0] and "every word" in by_name["word_to_patch_0.png"][0]
+
+
+def test_query_subset_is_named_in_the_title(images, tmp_path, figures):
+    from leanvision.training.tools.analyze import plot_query_to_patch
+
+    labels = ["g"] + [f"q{j + 1}" for j in range(40)]
+    weights = np.full((41, GRID * GRID), 1 / GRID**2)
+    plot_query_to_patch(images[0], weights, labels, str(tmp_path / "q.png"), max_tokens=33)
+    _, suptitle, titles, panels = figures[-1]
+    assert "tokens g..q32 shown, 33 of 41" in suptitle and panels == 2 + 33 and titles[-1] == "q32 -> patches"
+
+
+def test_one_image_skips_the_pair_metrics_with_a_stated_reason(processor, images, tmp_path, figures, capsys):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    images[0].save(tmp_path / "one.png")
+    out = tmp_path / "out"
+    assert cli_main(["analyze", str(tmp_path / "one.png"), "--model", str(tmp_path / "model"), "--out-dir", str(out),
+                     "--max-new-tokens", "3"]) == 0
+    printed = capsys.readouterr().out
+
+    report = json.loads((out / "token_similarity.json").read_text())
+    assert report["discriminative_power"] is None and report["per_image_discriminative_power"] is None
+    assert set(report["skipped"]) == {"discriminative_power", "per_image_discriminative_power",
+                                      "global_global_cosine_figure"}
+    assert all("at least two images" in reason for reason in report["skipped"].values())
+    assert "token similarity: discriminative_power skipped: needs at least two images" in printed
+    name, suptitle, titles, panels = figures[-1]
+    assert name == "token_similarity.png" and panels == 1  # no 1x1 global-vs-global matrix
+    assert "skipped: needs at least two images" in suptitle
+
+
+def test_out_dir_that_is_a_file_is_one_line_before_anything_runs(processor, images, tmp_path, capsys):
+    images[0].save(tmp_path / "one.png")
+    (tmp_path / "taken").write_text("a file")
+    code = cli_main(["analyze", str(tmp_path / "one.png"), "--model", str(tmp_path / "no-model"), "--out-dir",
+                     str(tmp_path / "taken")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"--out-dir {str(tmp_path / 'taken')!r} is an existing file, not a folder" in err

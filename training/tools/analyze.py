@@ -43,10 +43,14 @@ def token_labels(num_tokens: int, has_global: bool) -> list[str]:
     return (["g"] if has_global else []) + [f"q{j + 1}" for j in range(num_tokens - int(has_global))]
 
 
+SINGLE_IMAGE_REASON = "needs at least two images: it compares the global tokens of different images"
+
+
 def token_similarity(qformer_tokens: torch.Tensor) -> dict:
     """
     The report of the module docstring from the Q-Former output `(N, 1 + Q, D)` (global token first).
-    `discriminative_power` is `None` for a single image (no pair to compare).
+    For a single image there is no pair to compare: `discriminative_power` and its per-image values are `None` and
+    `skipped` names them with the reason.
     """
     tokens = torch.nn.functional.normalize(qformer_tokens.double(), dim=-1)
     global_tokens, queries = tokens[:, 0], tokens[:, 1:]
@@ -63,7 +67,12 @@ def token_similarity(qformer_tokens: torch.Tensor) -> dict:
         "per_image_discriminative_power": None,
         "definition": "discriminative_power = 1 - mean over image pairs i<k of cos(g_i, g_k); per image: "
         "1 - mean over k != i of cos(g_i, g_k); g = global token after the Q-Former",
+        "skipped": {},
     }
+    if num_images == 1:
+        reason = SINGLE_IMAGE_REASON
+        report["skipped"] = {"discriminative_power": reason, "per_image_discriminative_power": reason,
+                             "global_global_cosine_figure": reason}
     if num_images > 1:
         off_diagonal = ~torch.eye(num_images, dtype=torch.bool)
         pairs = global_global[torch.triu(torch.ones_like(off_diagonal), diagonal=1)]
@@ -92,20 +101,26 @@ def _panel_grid(num_panels: int, columns: int = 5):
     return fig, axes.flat
 
 
-def plot_query_to_patch(image, query_to_patch: np.ndarray, labels: list[str], path: str, max_tokens: int = 9) -> str:
-    """The image, the mean map over all tokens, then one overlay per token (first `max_tokens`)."""
+def plot_query_to_patch(image, query_to_patch: np.ndarray, labels: list[str], path: str, max_tokens: int = 33,
+                        title: str | None = None) -> str:
+    """The image, the mean map over all tokens, then one overlay per token: every token, or the first `max_tokens`
+    with the subset named in the figure title."""
     shown = list(range(min(max_tokens, len(labels))))
     fig, axes = _panel_grid(2 + len(shown))
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=8)
     axes[0].set_axis_off()
-    _overlay(axes[1], image, query_to_patch.mean(0), "mean over tokens")
+    _overlay(axes[1], image, query_to_patch.mean(0), f"mean over all {len(labels)} tokens")
     for ax, j in zip(axes[2:], shown):
         _overlay(ax, image, query_to_patch[j], f"{labels[j]} -> patches")
+    subset = (f"every Q-Former token ({len(labels)})" if len(shown) == len(labels)
+              else f"tokens {labels[0]}..{labels[shown[-1]]} shown, {len(shown)} of {len(labels)}")
+    fig.suptitle(f"{title + ': ' if title else ''}query -> patch attention, {subset}", fontsize=9)
     return save_figure_atomically(fig, path)
 
 
-def plot_word_to_query(words: list[str], word_to_query: np.ndarray, labels: list[str], path: str) -> str:
+def plot_word_to_query(words: list[str], word_to_query: np.ndarray, labels: list[str], path: str,
+                       title: str | None = None) -> str:
     """Heat map: one row per caption token, one column per Q-Former token."""
     fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(labels) + 2), max(2.0, 0.3 * len(words) + 1)))
     im = ax.imshow(word_to_query, aspect="auto", cmap="viridis", vmin=0)
@@ -113,24 +128,32 @@ def plot_word_to_query(words: list[str], word_to_query: np.ndarray, labels: list
     ax.set_xticks(range(0, len(labels), step), [labels[j] for j in range(0, len(labels), step)], fontsize=7)
     ax.set_yticks(range(len(words)), [repr(w) for w in words], fontsize=7)
     ax.set_xlabel("Q-Former token")
-    ax.set_title("word -> query attention (gated cross-attention, mean over heads and blocks)", fontsize=8)
+    ax.set_title(f"{title + chr(10) if title else ''}word -> query attention (gated cross-attention, mean over heads "
+                 "and blocks)", fontsize=8)
     fig.colorbar(im, ax=ax)
     return save_figure_atomically(fig, path)
 
 
-def plot_word_to_patch(image, words: list[str], word_to_patch: np.ndarray, path: str, max_words: int = 20) -> str:
-    """One overlay per caption token (first `max_words`) of `A_wq A_qp`."""
+def plot_word_to_patch(image, words: list[str], word_to_patch: np.ndarray, path: str, max_words: int = 20,
+                       title: str | None = None) -> str:
+    """One overlay per caption token of `A_wq A_qp` (the first `max_words`, named in the title when fewer)."""
     shown = list(range(min(max_words, len(words))))
     fig, axes = _panel_grid(len(shown))
     for ax, k in zip(axes, shown):
         _overlay(ax, image, word_to_patch[k], repr(words[k]))
+    subset = "every word" if len(shown) == len(words) else f"the first {len(shown)} of {len(words)} words"
+    fig.suptitle(f"{title + ': ' if title else ''}word -> patch attention, {subset}", fontsize=9)
     return save_figure_atomically(fig, path)
 
 
 def plot_token_similarity(report: dict, path: str) -> str:
-    """Global-vs-query cosine matrix (images x queries) and global-vs-global matrix (images x images)."""
+    """Global-vs-query cosine matrix (images x queries) and, for two images or more, the global-vs-global matrix
+    (images x images); for one image that panel is left out and the figure says why."""
     num_images, num_queries = report["num_images"], report["num_query_tokens"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5), gridspec_kw={"width_ratios": [3, 1]})
+    pairs = num_images > 1
+    fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(11 if pairs else 8, 3.5), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1] if pairs else [1]})
+    left = axes[0, 0]
     im = left.imshow(np.asarray(report["global_query_cosine"]), aspect="auto", cmap="coolwarm", vmin=-1, vmax=1)
     step = max(1, num_queries // 16)
     left.set_xticks(range(0, num_queries, step), [f"q{j + 1}" for j in range(0, num_queries, step)], fontsize=7)
@@ -139,11 +162,12 @@ def plot_token_similarity(report: dict, path: str) -> str:
     left.set_ylabel("image")
     left.set_title(f"cos(global, query); mean {report['mean_global_query_cosine']:.3f}", fontsize=9)
     fig.colorbar(im, ax=left)
+    if not pairs:
+        fig.suptitle(f"cos(global_i, global_k) and discriminative power skipped: {SINGLE_IMAGE_REASON}", fontsize=8)
+        return save_figure_atomically(fig, path)
+    right = axes[0, 1]
     im = right.imshow(np.asarray(report["global_global_cosine"]), cmap="coolwarm", vmin=-1, vmax=1)
-    power = report["discriminative_power"]
-    right.set_title(
-        "cos(global_i, global_k)" + ("" if power is None else f"\ndiscriminative power {power:.3f}"), fontsize=9
-    )
+    right.set_title(f"cos(global_i, global_k)\ndiscriminative power {report['discriminative_power']:.3f}", fontsize=9)
     right.set_xticks(range(num_images), range(num_images), fontsize=7)
     right.set_yticks(range(num_images), range(num_images), fontsize=7)
     right.set_xlabel("image")
@@ -192,6 +216,8 @@ def analyze(
         `{"captions", "words", "query_to_patch" (N, T, P), "word_to_query" [(K_i, T)], "word_to_patch" [(K_i, P)],
         "token_similarity" (the JSON report, or None without a global token), "paths" {name: path or list}}`.
     """
+    names = [os.path.basename(str(im)) if isinstance(im, (str, os.PathLike)) else f"image {i}"
+             for i, im in enumerate(images)]
     images = _load_images(images)
     if captions is not None and len(captions) != len(images):
         raise ValueError(f"got {len(captions)} captions for {len(images)} images")
@@ -233,16 +259,17 @@ def analyze(
         result["words"].append(words)
         result["word_to_query"].append(word_to_query)
         result["word_to_patch"].append(word_to_patch)
-        paths["query_to_patch"].append(
-            plot_query_to_patch(image, query_to_patch[i], labels, os.path.join(out_dir, f"query_to_patch_{i}.png"))
-        )
+        title = f"{names[i]}, caption {result['captions'][-1]!r}"
+        paths["query_to_patch"].append(plot_query_to_patch(
+            image, query_to_patch[i], labels, os.path.join(out_dir, f"query_to_patch_{i}.png"), title=title
+        ))
         if tokens:
-            paths["word_to_query"].append(
-                plot_word_to_query(words, word_to_query, labels, os.path.join(out_dir, f"word_to_query_{i}.png"))
-            )
-            paths["word_to_patch"].append(
-                plot_word_to_patch(image, words, word_to_patch, os.path.join(out_dir, f"word_to_patch_{i}.png"))
-            )
+            paths["word_to_query"].append(plot_word_to_query(
+                words, word_to_query, labels, os.path.join(out_dir, f"word_to_query_{i}.png"), title=title
+            ))
+            paths["word_to_patch"].append(plot_word_to_patch(
+                image, words, word_to_patch, os.path.join(out_dir, f"word_to_patch_{i}.png"), title=title
+            ))
         per_image.append(
             {
                 "caption": result["captions"][-1],

@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 
 import datasets
 import evaluate
@@ -17,6 +18,28 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.spice import spice as spice_module
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+@contextlib.contextmanager
+def _child_stderr_silenced():
+    """Points file descriptor 2 at a temporary file for the block, so a child process (which inherits it) prints
+    nothing to the console; what it wrote is shown when the block raises. Python's stderr is flushed first."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
 
 _DESCRIPTION = """
 Standard word-level COCO caption evaluation with pycocoevalcap: captions and references are lower-cased and
@@ -128,10 +151,11 @@ class CaptionMetrics(evaluate.Metric):
             raise RuntimeError("caption_metrics needs Java on PATH for PTB tokenisation (and METEOR, SPICE)")
 
         tokenizer = PTBTokenizer()
-        gts = tokenizer.tokenize(
-            {i: [{"caption": _one_line(r)} for r in refs] for i, refs in enumerate(references)}
-        )
-        res = tokenizer.tokenize({i: [{"caption": _one_line(p)}] for i, p in enumerate(predictions)})
+        with _child_stderr_silenced():  # the Java tokenizer prints "PTBTokenizer tokenized N tokens ..."
+            gts = tokenizer.tokenize(
+                {i: [{"caption": _one_line(r)} for r in refs] for i, refs in enumerate(references)}
+            )
+            res = tokenizer.tokenize({i: [{"caption": _one_line(p)}] for i, p in enumerate(predictions)})
 
         result = {}
         skipped = {}
