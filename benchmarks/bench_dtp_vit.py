@@ -1,6 +1,7 @@
 """DTP-ViT at compression 1.0 / 0.5 / 0.25 / 0.1 against transformers' CLIPVisionModel (ViT-B/32), on CPU.
 
-    python benchmarks/bench_dtp_vit.py [--batch 32] [--repeats 15] [--threads N] [--quick]
+    python benchmarks/bench_dtp_vit.py [--batch 32] [--repeats 15] [--threads N] [--quick] [--memory-batch 256]
+        [--compile 1.0 0.1] [--profile]
 
 Both models have ViT-B/32 widths and random weights and run in eval mode, under no_grad, in float32, with SDPA
 attention. DTP-ViT is configured as `DTPViTModel.from_clip_vision_pretrained` builds it from a CLIP ViT-B/32
@@ -17,7 +18,14 @@ Prints a markdown table; every "x peer" column is ours / peer measured in the sa
 - peak forward memory: the largest total size of tensors alive at once during one batch forward (weights and input
   excluded), tracked op by op with a TorchDispatchMode (`LiveTensorPeak`). It is exact and free of machine noise,
   unlike resident-memory readings (torch's CPU allocations are invisible to tracemalloc); it leaves out scratch
-  buffers that kernels allocate and free inside one op, and allocator overhead.
+  buffers that kernels allocate and free inside one op, and allocator overhead. Measured at `--memory-batch` images
+  (default: `--batch`).
+- GFLOP/s and % GEMM: the model's fvcore MACs x 2 x batch / median time, and that rate as a share of this machine's
+  large float32 matrix-multiply rate at the same thread count (`gemm_gflops`: a 2048^3 `torch.mm`, measured in the
+  same run).
+- `--compile SETTINGS`: adds `torch.compile`d rows (inductor) for those settings, timed in the same rounds.
+- `--profile`: per model, the ops one forward runs (torch.profiler): count, total self time, and the largest op
+  kinds, to show where the time beyond the matrix multiplies goes.
 """
 
 import argparse
@@ -117,6 +125,35 @@ def gmacs_and_tokens(setting: str, batch_pixels: torch.Tensor) -> tuple[float, f
 
 
 @torch.no_grad()
+def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's large float32 GEMM rate at the current thread count: 2 n^3 / median time of `torch.mm`."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+@torch.no_grad()
+def op_profile(model: torch.nn.Module, pixels: torch.Tensor, top: int = 6) -> str:
+    """One forward under torch.profiler: op count, summed self time, and the `top` op kinds by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model(pixel_values=pixels)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(pixel_values=pixels)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total_count = sum(e.count for e in events)
+    total_ms = sum(e.self_cpu_time_total for e in events) / 1e3
+    kinds = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    parts = ", ".join(f"{e.key[6:]} {e.count}x {e.self_cpu_time_total / 1e3:.0f} ms" for e in kinds)
+    return f"{total_count} aten ops, {total_ms:.0f} ms self time ({1e3 * total_ms / total_count:.0f} us/op): {parts}"
+
+
+@torch.no_grad()
 def time_round_robin(models: dict, pixels: torch.Tensor, repeats: int) -> dict[str, list[float]]:
     """Seconds per forward of each model, `repeats` rounds, one forward per model per round, rotating the start."""
     for model in models.values():  # warm-up
@@ -139,6 +176,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=15, help="timing rounds (median reported)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 timing rounds")
+    parser.add_argument("--memory-batch", type=int, help="batch of the peak-memory column (default: --batch)")
+    parser.add_argument("--compile", nargs="*", default=[], choices=[str(rate) for rate in RATES],
+                        help="also time torch.compile'd DTP-ViT at these compressions")
+    parser.add_argument("--profile", action="store_true", help="print each model's op profile (torch.profiler)")
     args = parser.parse_args()
     if args.quick:
         args.repeats = 3
@@ -147,17 +188,31 @@ def main():
 
     torch.manual_seed(0)
     pixels = torch.randn(args.batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+    memory_pixels = torch.randn(args.memory_batch or args.batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+    gemm = gemm_gflops()
+    print(f"float32 GEMM (2048^3 torch.mm): {gemm:.1f} GFLOP/s at {torch.get_num_threads()} threads", file=sys.stderr)
     rows = {}
     for setting in SETTINGS:
         gmacs, tokens = gmacs_and_tokens(setting, pixels)
         model = build(setting)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        memory = peak_forward_memory_mb(model, pixels)
+        memory = peak_forward_memory_mb(model, memory_pixels)
         rows[setting] = {"gmacs": gmacs, "tokens": tokens, "params": params, "memory_mb": memory, "model": model}
         print(f"built {label(setting)} {setting}: {params:.2f} M parameters, {gmacs:.2f} GMACs", file=sys.stderr)
+    del memory_pixels
+    for setting in args.compile:
+        compiled = dict(rows[setting], model=torch.compile(build(setting)))
+        compiled["model"](pixel_values=pixels)  # compiles
+        rows[setting + " compiled"] = compiled
+        print(f"compiled {setting}", file=sys.stderr)
+    settings = list(rows)
+    if args.profile:
+        for setting in settings:
+            print(f"profile {setting}: {op_profile(rows[setting]['model'], pixels)}", file=sys.stderr)
 
-    times = time_round_robin({s: rows[s].pop("model") for s in SETTINGS}, pixels, args.repeats)
-    for setting in SETTINGS:
+    times = time_round_robin({s: rows[s].pop("model") for s in settings}, pixels, args.repeats)
+    gemm_after = gemm_gflops()
+    for setting in settings:
         rows[setting]["images_per_s"] = args.batch / statistics.median(times[setting])
         ratios = [p / t for p, t in zip(times[PEER], times[setting])]
         rows[setting]["speedup"] = statistics.median(ratios)
@@ -168,19 +223,21 @@ def main():
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores "
           f"({platform.machine()}, load average {load}), batch {args.batch}, {args.repeats} timing rounds, "
-          "float32, SDPA, eval")
+          f"float32, SDPA, eval; peak memory at batch {args.memory_batch or args.batch}; float32 GEMM "
+          f"{gemm:.1f} GFLOP/s before the timing rounds, {gemm_after:.1f} after")
     print()
     print("| model | compression | tokens in last layers | GMACs | x peer | params (M) | x peer | images/s | x peer "
-          "| peak forward memory (MB) | x peer |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for setting in SETTINGS:
+          "| GFLOP/s | % GEMM | peak forward memory (MB) | x peer |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for setting in settings:
         row = rows[setting]
         compression = "-" if setting == PEER else setting
         q1, q3 = row["speedup_iqr"]
+        gflops = 2 * row["gmacs"] * row["images_per_s"]
         print(f"| {label(setting)} | {compression} | {row['tokens']:.1f} | {row['gmacs']:.2f} | "
               f"{row['gmacs'] / peer['gmacs']:.2f} | {row['params']:.2f} | {row['params'] / peer['params']:.3f} | "
-              f"{row['images_per_s']:.1f} | {row['speedup']:.2f} [{q1:.2f}, {q3:.2f}] | {row['memory_mb']:.0f} | "
-              f"{row['memory_mb'] / peer['memory_mb']:.2f} |")
+              f"{row['images_per_s']:.1f} | {row['speedup']:.2f} [{q1:.2f}, {q3:.2f}] | {gflops:.1f} | "
+              f"{100 * gflops / gemm:.0f} | {row['memory_mb']:.0f} | {row['memory_mb'] / peer['memory_mb']:.2f} |")
     print()
     for setting, target in (("1.0", 0.9), ("0.25", 2.0), ("0.1", 3.0)):
         speedup = rows[setting]["speedup"]
