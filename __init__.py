@@ -18,15 +18,18 @@ from transformers import pipelines as transformers_pipelines
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration.configuration_dtp_clip import DTPCLIPConfig
+from .configuration.configuration_dtp_llava import DTPLlavaConfig
 from .configuration.configuration_dtp_vit import DTPViTConfig
 from .configuration.configuration_gated_sparse_blip import GatedSparseBlipConfig
 from .configuration.configuration_qvision import QVisionConfig
 from .modeling.modeling_dtp_clip import DTPCLIPModel
+from .modeling.modeling_dtp_llava import DTPLlavaForConditionalGeneration
 from .modeling.modeling_dtp_vit import DTPViTForImageClassification, DTPViTModel
 from .modeling.modeling_gated_sparse_blip import GatedSparseBlipForConditionalGeneration, GatedSparseBlipModel
 from .processing.pipeline_image_to_text import ImageToTextPipeline
 from .processing.pipeline_zero_shot import ZeroShotImageClassificationPipeline
 from .processing.processing_dtp_clip import DTPCLIPProcessor
+from .processing.processing_dtp_llava import DTPLlavaProcessor
 from .modeling.modeling_qvision import QVisionForConditionalGeneration, QVisionModel
 from .processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
 from .processing.processing_qvision import QVisionProcessor
@@ -41,6 +44,10 @@ AutoConfig.register(DTPCLIPConfig.model_type, DTPCLIPConfig, exist_ok=True)
 AutoModel.register(DTPCLIPConfig, DTPCLIPModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(DTPCLIPConfig, DTPCLIPModel, exist_ok=True)
 AutoProcessor.register(DTPCLIPConfig, DTPCLIPProcessor, exist_ok=True)
+
+AutoConfig.register(DTPLlavaConfig.model_type, DTPLlavaConfig, exist_ok=True)
+AutoModelForImageTextToText.register(DTPLlavaConfig, DTPLlavaForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(DTPLlavaConfig, DTPLlavaProcessor, exist_ok=True)
 
 AutoConfig.register(GatedSparseBlipConfig.model_type, GatedSparseBlipConfig, exist_ok=True)
 AutoModel.register(GatedSparseBlipConfig, GatedSparseBlipModel, exist_ok=True)
@@ -79,6 +86,9 @@ __all__ = [
     "DTPCLIPConfig",
     "DTPCLIPModel",
     "DTPCLIPProcessor",
+    "DTPLlavaConfig",
+    "DTPLlavaForConditionalGeneration",
+    "DTPLlavaProcessor",
     "DTPViTConfig",
     "DTPViTModel",
     "DTPViTForImageClassification",

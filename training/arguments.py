@@ -10,10 +10,10 @@ JSON text, parsed once, here.
 import difflib
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import CONFIG_MAPPING, HfArgumentParser, TrainingArguments
 
 from .families import FAMILIES, get_family
 from .files import write_json_atomically
@@ -204,7 +204,14 @@ def check_config_overrides(family, overrides: dict) -> None:
                     f"{_closest(key, valid)}"
                 )
             if key in sub_configs and isinstance(value, dict):
-                check(sub_configs[key], value, f"{prefix}{key}.")
+                sub_config = sub_configs[key]
+                if not is_dataclass(sub_config):  # AutoConfig: the class of the mapping's (or default) model_type
+                    model_type = value.get("model_type") or config_class.sub_configs_defaults[key].model_type
+                    if model_type not in CONFIG_MAPPING:
+                        raise ValueError(f"config_overrides: {prefix}{key}.model_type {model_type!r} is unknown")
+                    sub_config = CONFIG_MAPPING[model_type]
+                    value = {k: v for k, v in value.items() if k != "model_type"}
+                check(sub_config, value, f"{prefix}{key}.")
 
     check(family.config_class, overrides, "")
 
@@ -303,6 +310,7 @@ BUILT_IN_DATA = {
     "image_classification": "scikit-learn's digits (built in)",
     "captioning": "the shapes captions (built in, leanvision.training.data.shapes)",
     "contrastive": "the single-object shapes set (built in, leanvision.training.data.shapes)",
+    "visual_instruction": "the shapes questions and captions as conversations (built in, leanvision.training.data)",
 }
 TRAINING_RECORD = "leanvision_training.json"
 

@@ -5,17 +5,20 @@ Each says where its model comes from: a saved model (`model_name_or_path`), pret
 checkpoints), or a fresh model of the family's config with the config overrides (a mapping, never changed here).
 """
 
-from transformers import AutoTokenizer, BlipImageProcessorPil
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, BlipImageProcessorPil
 
 from ..configuration.configuration_dtp_clip import DTPCLIPConfig
+from ..configuration.configuration_dtp_llava import DTPLlavaConfig
 from ..configuration.configuration_dtp_vit import DTPViTConfig
 from ..configuration.configuration_gated_sparse_blip import GatedSparseBlipConfig
 from ..configuration.configuration_qvision import QVisionConfig
 from ..modeling.modeling_dtp_clip import DTPCLIPModel
-from ..modeling.modeling_dtp_vit import DTPViTForImageClassification
+from ..modeling.modeling_dtp_llava import DTPLlavaForConditionalGeneration
+from ..modeling.modeling_dtp_vit import DTPViTForImageClassification, DTPViTModel
 from ..modeling.modeling_gated_sparse_blip import GatedSparseBlipForConditionalGeneration
 from ..modeling.modeling_qvision import QVisionForConditionalGeneration
 from ..processing.processing_dtp_clip import DTPCLIPProcessor
+from ..processing.processing_dtp_llava import DTPLlavaProcessor, add_chat_tokens
 from ..processing.processing_dtp_vit import build_image_processor
 from ..processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
 from ..processing.processing_qvision import QVisionProcessor
@@ -166,3 +169,76 @@ def build_qvision(model_args, overrides: dict, train_captions: list[str]):
     tokenizer.model_max_length = model.config.text_config.max_position_embeddings
     image_size = model_args.image_size or model.config.vision_config.image_size
     return model, QVisionProcessor(build_image_processor(image_size), tokenizer)
+
+
+def load_vision_tower(name_or_path: str, **vision_overrides) -> DTPViTModel:
+    """A DTP-ViT image tower from a DTP-CLIP model (its image tower as trained), a DTP-ViT model (a classifier's
+    backbone) or a transformers CLIP checkpoint (ported by `DTPViTModel.from_clip_vision_pretrained`, exact at
+    compression 1.0; `vision_overrides` set its compression rate, layer split, ...)."""
+    model_type = AutoConfig.from_pretrained(name_or_path).model_type
+    if model_type in ("clip", "clip_vision_model"):
+        return DTPViTModel.from_clip_vision_pretrained(name_or_path, **vision_overrides)
+    if vision_overrides:
+        raise ValueError(f"vision_config overrides apply to a CLIP checkpoint, not to a trained {model_type} tower")
+    if model_type == "dtp_clip":
+        return DTPCLIPModel.from_pretrained(name_or_path).vision_model
+    if model_type == "dtp_vit":
+        return DTPViTModel.from_pretrained(name_or_path)
+    raise ValueError(f"{name_or_path!r} is a {model_type!r} checkpoint, not a DTP-CLIP, DTP-ViT or CLIP one")
+
+
+def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
+    """DTP-LLaVA model + processor.
+
+    From `model_name_or_path` (a saved DTP-LLaVA, e.g. stage 1's output; overrides applied); else around pretrained
+    parts, `vision_backbone` (DTP-CLIP / DTP-ViT / CLIP, see `load_vision_tower`) and `text_backbone` (any causal LM
+    and its tokenizer; the chat tokens are added and its embeddings resized); else fresh from the overrides, with a
+    word-level tokenizer of `train_texts` (or `tokenizer_name_or_path`). The image processor is the vision
+    checkpoint's, else CLIP's at the tower size.
+    """
+    overrides = dict(overrides)
+    if model_args.model_name_or_path:
+        return _load_with_overrides(
+            DTPLlavaForConditionalGeneration, DTPLlavaProcessor, model_args.model_name_or_path, overrides
+        )
+    vision, text = model_args.vision_backbone, model_args.text_backbone
+    if vision or text:
+        if not (vision and text):
+            raise ValueError("dtp_llava needs both `vision_backbone` (DTP-CLIP / CLIP) and `text_backbone` (a causal LM)")
+        if "text_config" in overrides:
+            raise ValueError("`text_config` overrides conflict with a pretrained `text_backbone`")
+        tower = load_vision_tower(vision, **overrides.pop("vision_config", None) or {})
+        tokenizer = add_chat_tokens(AutoTokenizer.from_pretrained(text))
+        language_model = AutoModelForCausalLM.from_pretrained(text)
+        language_model.resize_token_embeddings(len(tokenizer))
+        config = DTPLlavaConfig(
+            vision_config=tower.config.to_dict(), text_config=language_model.config.to_dict(),
+            image_token_id=tokenizer.convert_tokens_to_ids("<image>"), **overrides,
+        )
+        model = DTPLlavaForConditionalGeneration(config)
+        model.vision_tower.load_state_dict(tower.state_dict())
+        model.language_model.load_state_dict(language_model.state_dict())
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(vision)
+        except OSError:
+            image_processor = build_image_processor(model.config.vision_config.image_size)
+    else:
+        if model_args.tokenizer_name_or_path:
+            tokenizer = add_chat_tokens(AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path))
+        else:
+            tokenizer = add_chat_tokens(word_level_tokenizer(train_texts))
+        text_config = dict(overrides.pop("text_config", None) or {})
+        text_config.setdefault("model_type", "llama")
+        text_config.update(
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = DTPLlavaForConditionalGeneration(
+            DTPLlavaConfig(text_config=text_config, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                           **overrides)
+        )
+        image_size = model_args.image_size or model.config.vision_config.image_size
+        image_processor = build_image_processor(image_size)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, DTPLlavaProcessor(image_processor=image_processor, tokenizer=tokenizer)

@@ -9,17 +9,20 @@ from typing import Callable
 from transformers import AutoImageProcessor
 
 from ..configuration.configuration_dtp_clip import DTPCLIPConfig
+from ..configuration.configuration_dtp_llava import DTPLlavaConfig
 from ..configuration.configuration_dtp_vit import DTPViTConfig
 from ..configuration.configuration_gated_sparse_blip import GatedSparseBlipConfig
 from ..configuration.configuration_qvision import QVisionConfig
 from ..modeling.modeling_dtp_clip import DTPCLIPModel
+from ..modeling.modeling_dtp_llava import DTPLlavaForConditionalGeneration
 from ..modeling.modeling_dtp_vit import DTPViTForImageClassification
 from ..modeling.modeling_gated_sparse_blip import GatedSparseBlipForConditionalGeneration
 from ..modeling.modeling_qvision import QVisionForConditionalGeneration
 from ..processing.processing_dtp_clip import DTPCLIPProcessor
+from ..processing.processing_dtp_llava import DTPLlavaProcessor
 from ..processing.processing_gated_sparse_blip import GatedSparseBlipProcessor
 from ..processing.processing_qvision import QVisionProcessor
-from .builders import build_dtp_clip, build_dtp_vit, build_gated_sparse_blip, build_qvision
+from .builders import build_dtp_clip, build_dtp_llava, build_dtp_vit, build_gated_sparse_blip, build_qvision
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,20 @@ FAMILIES: dict[str, Family] = {
         build=build_qvision,
         processor_auto_map={"AutoProcessor": "processing_qvision.QVisionProcessor"},
         custom_pipelines=image_to_text_pipeline_entry("AutoModelForImageTextToText"),
+    ),
+    "dtp_llava": Family(
+        name="dtp_llava",
+        config_class=DTPLlavaConfig,
+        model_class=DTPLlavaForConditionalGeneration,
+        auto_map={
+            "AutoConfig": "configuration_dtp_llava.DTPLlavaConfig",
+            "AutoModelForImageTextToText": "modeling_dtp_llava.DTPLlavaForConditionalGeneration",
+        },
+        pipeline_tag="image-text-to-text",
+        load_processor=DTPLlavaProcessor.from_pretrained,
+        task="visual_instruction",
+        build=build_dtp_llava,
+        processor_auto_map={"AutoProcessor": "processing_dtp_llava.DTPLlavaProcessor"},
     ),
 }
 

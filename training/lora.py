@@ -31,11 +31,13 @@ DEFAULT_TARGET_MODULES = {
         "qkv", "projection", "query", "key", "value", "attention.output.dense", "crossattention.output.dense",
     ),
     "qvision_multimodel": ("q_proj", "k_proj", "v_proj", "out_proj"),  # Q-Former, cross-attention, GPT-Neo
+    "dtp_llava": ("q_proj", "k_proj", "v_proj", "o_proj"),  # the language model's (Llama / Qwen2 names)
 }
 # Towers that stay frozen under LoRA (peft `exclude_modules`, a regex over full module names).
 FROZEN_MODULES = {
     "gated_sparse_blip": r"model\.vae\..*",
     "qvision_multimodel": r"vision_model\..*",
+    "dtp_llava": r"vision_tower\..*",
 }
 
 

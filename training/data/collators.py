@@ -94,3 +94,78 @@ class ContrastiveCollator(CaptionChoice):
         batch = dict(self.processor(images=images, text=texts, max_length=self.max_length))
         batch["return_loss"] = True
         return batch
+
+
+def conversation_messages(turns: list[dict], image_token: str = "<image>") -> list[dict]:
+    """LLaVA turns (`{"from": "human" | "gpt", "value": ...}`) -> chat messages: "human" is the user, "gpt" the
+    assistant, and each `image_token` in a value becomes an `{"type": "image"}` item (the newline after it, LLaVA's
+    separator, is dropped)."""
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    messages = []
+    for turn in turns:
+        if turn["from"] not in roles:
+            raise ValueError(f"unknown conversation role {turn['from']!r}; expected one of {sorted(roles)}")
+        pieces = turn["value"].split(image_token)
+        content = [{"type": "text", "text": pieces[0].strip()}] if pieces[0].strip() else []
+        for piece in pieces[1:]:
+            content.append({"type": "image"})
+            if piece.strip():
+                content.append({"type": "text", "text": piece.strip()})
+        messages.append({"role": roles[turn["from"]], "content": content})
+    return messages
+
+
+class ConversationCollator:
+    """Rows of LLaVA-format conversations (`data/conversations.py`) -> DTP-LLaVA batches.
+
+    Each row is rendered by the processor's chat template; `labels` keep the tokens of every assistant turn (its text
+    and the end token the template closes it with) and are -100 elsewhere: prompts, image tokens, padding. A turn's
+    span is found by rendering the conversation up to the turn's start (with the generation prompt) and up to its
+    end, whose tokens must prefix the whole conversation's. Rows are right-padded; a row longer than `max_length`
+    tokens is cut at the end (an error if the cut loses its image token).
+    """
+
+    def __init__(self, processor, image_column: str = "image", max_length: int | None = None):
+        self.processor = processor
+        self.image_column = image_column
+        self.max_length = max_length
+
+    def _tokens(self, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        return self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, turns: list[dict]) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of one conversation."""
+        messages = conversation_messages(turns, self.processor.image_token)
+        input_ids = self._tokens(messages)
+        labels = [-100] * len(input_ids)
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start = self._tokens(messages[:index], add_generation_prompt=True)
+            end = self._tokens(messages[: index + 1])
+            if input_ids[: len(start)] != start or input_ids[: len(end)] != end:
+                raise ValueError("the chat template's tokens of a conversation prefix differ from the whole's")
+            labels[len(start) : len(end)] = input_ids[len(start) : len(end)]
+        if self.max_length is not None and len(input_ids) > self.max_length:
+            if self.processor.image_token_id in input_ids[self.max_length :]:
+                raise ValueError(f"a conversation's image token lies beyond max_length={self.max_length} tokens")
+            input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
+        return input_ids, labels
+
+    def __call__(self, rows: list[dict]) -> dict:
+        encoded = [self.encode(row["conversations"]) for row in rows]
+        length = max(len(ids) for ids, _ in encoded)
+        pad = self.processor.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, (ids, row_labels) in enumerate(encoded):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(ids)] = torch.tensor(row_labels)
+            attention_mask[i, : len(ids)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        images = [row[self.image_column].convert("RGB") for row in rows if row.get(self.image_column) is not None]
+        if images:
+            batch["pixel_values"] = self.processor(images=images)["pixel_values"]
+        return batch

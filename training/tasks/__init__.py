@@ -3,9 +3,11 @@
 from .captioning import setup_captioning
 from .classification import setup_image_classification
 from .contrastive import setup_contrastive
+from .visual_instruction import setup_visual_instruction
 
 TASKS = {
     "image_classification": setup_image_classification,
     "captioning": setup_captioning,
     "contrastive": setup_contrastive,
+    "visual_instruction": setup_visual_instruction,
 }
