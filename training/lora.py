@@ -9,11 +9,14 @@ An adapter folder holds peft's `adapter_config.json` + `adapter_model.safetensor
 id, or only the folder name of a local base, so that no local path is written.
 """
 
+import contextlib
+import functools
 import json
 import logging
 import os
 import re
 import shutil
+import warnings
 from .files import staged_folder, write_json_atomically
 
 logger = logging.getLogger("leanvision.lora")
@@ -85,6 +88,15 @@ def public_base_name(name_or_path: str) -> str:
     return os.path.basename(os.path.abspath(name_or_path)) if os.path.isdir(name_or_path) else name_or_path
 
 
+@contextlib.contextmanager
+def peft_wrapping():
+    """Wrapping a model in a `PeftModel`: peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` there
+    (a FutureWarning about peft's code, not ours)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_lora(model, family, args):
     """`model` (loaded from `model_name_or_path`) wrapped as a `peft.PeftModel` in which only the LoRA weights train.
 
@@ -100,7 +112,11 @@ def apply_lora(model, family, args):
         )
     config = lora_config(model, family.name, args)
     model.name_or_path = model.config.name_or_path = public_base_name(model.name_or_path)
-    peft_model = get_peft_model(model, config)
+    with peft_wrapping():
+        peft_model = get_peft_model(model, config)
+    # LoRA training here never changes the vocabulary, so the base's embedding weights need not be saved with the
+    # adapter; peft's "auto" check would look the base's public name up on the Hub and warn when it cannot.
+    peft_model.save_pretrained = functools.partial(peft_model.save_pretrained, save_embedding_layers=False)
     trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info(
         "LoRA r=%d alpha=%g on %s: %d of %d parameters train (%.2f%%)",
@@ -156,7 +172,8 @@ def load_adapter_model(base, adapter_dir: str):
         base = load_base_model(str(base))
     if base.config.model_type != family:
         raise ValueError(f"the adapter in {adapter_dir!r} adapts a {family} model, not {base.config.model_type}")
-    return PeftModel.from_pretrained(base, adapter_dir).eval()
+    with peft_wrapping():
+        return PeftModel.from_pretrained(base, adapter_dir).eval()
 
 
 def merge_adapter(adapter_dir: str, base: str, out_dir: str, overwrite: bool = False) -> str:
