@@ -35,6 +35,8 @@ _METRIC_LABELS = {
     "zero_shot_top1": "Zero-shot top-1 accuracy",
     "zero_shot_top5": "Zero-shot top-5 accuracy",
     "boundary_ratio": "Boundary ratio",
+    "vqa_accuracy": "VQA accuracy (exact match)",
+    "prior_accuracy": "Question-type prior baseline accuracy",
 }
 # (label, dotted config attribute) rows of each family's architecture table.
 _ARCHITECTURE = {
@@ -60,6 +62,14 @@ _ARCHITECTURE = {
         ("attention sparsity", "attention_sparsity"), ("sparse self-attention", "sparse_self_attention"),
         ("sparse cross-attention", "sparse_cross_attention"),
     ],
+    "dtp_llava": [
+        ("image size", "vision_config.image_size"), ("patch size", "vision_config.patch_size"),
+        ("vision width", "vision_config.hidden_size"), ("compression rate", "vision_config.compression_rate"),
+        ("inference boundaries", "vision_config.boundary_inference"), ("feature layer", "vision_feature_layer"),
+        ("feature selection", "vision_feature_select_strategy"), ("projector layers", "projector_depth"),
+        ("language model", "text_config.model_type"), ("language model width", "text_config.hidden_size"),
+        ("language model layers", "text_config.num_hidden_layers"),
+    ],
     "qvision_multimodel": [
         ("image size", "vision_config.image_size"), ("patch size", "vision_config.patch_size"),
         ("vision width", "vision_config.hidden_size"), ("vision layers", "vision_config.num_hidden_layers"),
@@ -74,6 +84,7 @@ _TAGS = {
     "dtp_clip": ["clip", "dynamic-token-pooling"],
     "gated_sparse_blip": ["image-captioning", "sparse-attention"],
     "qvision_multimodel": ["image-captioning", "q-former"],
+    "dtp_llava": ["llava", "visual-question-answering", "dynamic-token-pooling"],
 }
 _TOKEN = re.compile(r"hf_[A-Za-z0-9]{10,}")
 
