@@ -154,9 +154,19 @@ class DTPLlavaForConditionalGeneration(DTPLlavaPreTrainedModel, GenerationMixin)
         self.placeholder_expansion = ImagePlaceholderExpansion()
         self._no_split_modules = ["DTPViTLayer", *(self.language_model._no_split_modules or [])]
         self.post_init()
-        if config.freeze_vision_tower:
+        self._freeze_vision_tower()
+
+    def _freeze_vision_tower(self) -> None:
+        if self.config.freeze_vision_tower:
             self.vision_tower.requires_grad_(False)
             self.vision_tower.eval()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`, with the tower frozen again: loading replaces the parameters."""
+        model = super().from_pretrained(*args, **kwargs)
+        model._freeze_vision_tower()
+        return model
 
     def train(self, mode: bool = True):
         """A frozen tower stays in eval mode: deterministic boundaries (and no dropout) in training too."""

@@ -25,7 +25,7 @@ from ..data.conversations import load_conversation_dataset
 from ..data.loading import training_splits
 from ..data.shapes import shapes_splits
 from ..data.shapes_vqa import captions_to_conversations, shapes_vqa_splits
-from ..evaluation.captions import FAST_METRICS, flat_scores, score_captions
+from ..evaluation.captions import FAST_METRICS, flat_scores, parse_metric_names, score_captions
 from ..evaluation.vqa import question_type_prior_baseline, vqa_accuracy
 from ..trainer import LeanTrainer, TaskSetup
 
@@ -116,7 +116,7 @@ class VisualInstructionTrainer(LeanTrainer):
         super().__init__(*args, **kwargs)
         self.prior_baseline = prior_baseline
         self.generation_kwargs = dict(generation_kwargs or {})
-        self.caption_metrics = caption_metrics
+        self.caption_metrics = parse_metric_names(caption_metrics)
         self.last_answers: list[str] = []
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
