@@ -69,7 +69,7 @@ class DTPViTConfig(PreTrainedConfig):
     boundary_loss_weight: int | float = 1.0
     boundary_inference: str = "rate"
     boundary_threshold: int | float = 0.5
-    inference_chunk_size: int | None = 64
+    inference_chunk_size: int | None = 32
     pre_layernorm: bool = False
     pooler_type: str = "mean"
     initializer_range: int | float = 0.02

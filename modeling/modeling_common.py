@@ -19,15 +19,15 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 
 
 def check_pixel_values(pixel_values: torch.Tensor) -> None:
-    """Refuses an empty batch and NaN / inf pixels (they would give NaN outputs or empty captions without a word);
-    one `isfinite` reduction per forward, skipped under `torch.compile` (a data-dependent branch would break the
-    graph)."""
+    """Refuses an empty batch and NaN / inf pixels (they would give NaN outputs or empty captions without a word).
+    One `aminmax` reduction per forward (NaN and +-inf reach the min or max; `isfinite` would allocate a copy of the
+    batch), skipped under `torch.compile` (a data-dependent branch would break the graph)."""
     if pixel_values.dim() >= 1 and pixel_values.shape[0] == 0:
         shape = tuple(pixel_values.shape)
         raise ValueError(f"`pixel_values` is an empty batch (shape {shape}): pass at least one image.")
     if torch.compiler.is_compiling():
         return
-    if pixel_values.is_floating_point() and not torch.isfinite(pixel_values).all():
+    if pixel_values.is_floating_point() and not torch.isfinite(torch.stack(torch.aminmax(pixel_values))).all():
         raise ValueError("`pixel_values` contain NaN or inf values.")
 
 
