@@ -45,6 +45,8 @@ def test_measured_gates_and_kept_fractions_follow_the_switches(ablation):
         assert sparse["kept_self"] < 0.35 and sparse["kept_cross"] < 0.35
     table = format_table(rows)
     assert "| 0 | off |" in table and table.splitlines()[3].split("|")[9].strip() == "-"  # no gate: no mean gate
+    for row in rows:  # greedy captions of the 4 eval images
+        assert 1 <= row["distinct_captions"] <= 4
 
 
 def test_gating_on_and_off_train_different_models(ablation):
