@@ -269,7 +269,8 @@ def config_unknown_field(env):
     config["a_field_from_the_future"] = 3
     (model_dir / "config.json").write_text(json.dumps(config))
     out = export_model(str(model_dir), str(env["root"] / "unknown_field-export"))
-    assert json.loads((env["root"] / "unknown_field-export" / "config.json").read_text())["a_field_from_the_future"] == 3
+    config = json.loads((env["root"] / "unknown_field-export" / "config.json").read_text())
+    assert config["a_field_from_the_future"] == 3
     assert os.path.isdir(out)
 
 
@@ -557,8 +558,8 @@ def _one_error_line(err: str) -> str:
 
 
 def cli_caption_beams_zero(env, capsys):
-    code, _, err = _cli(env, capsys, "caption", str(env["root"] / "gray.png"), "--model", str(env["root"] / "gsb"),
-                        "--beams", "0")
+    code, _, err = _cli(env, capsys, "caption", _saved(env, _rgb_image(), "input.png"), "--model",
+                        str(env["root"] / "gsb"), "--beams", "0")
     assert code == 2 and err.strip() == "leanvision caption: error: beams must be at least 1, got 0"
 
 
@@ -597,8 +598,8 @@ def cli_caption_folder_with_a_bad_file(env, capsys):
 
 def cli_analyze_max_new_tokens_zero(env, capsys):
     out_dir = env["root"] / "analysis-zero"
-    code, _, err = _cli(env, capsys, "analyze", str(env["root"] / "gray.png"), "--model", str(env["root"] / "gsb"),
-                        "--out-dir", str(out_dir), "--max-new-tokens", "0")
+    code, _, err = _cli(env, capsys, "analyze", _saved(env, _rgb_image(), "input.png"), "--model",
+                        str(env["root"] / "gsb"), "--out-dir", str(out_dir), "--max-new-tokens", "0")
     assert code == 2 and "--max-new-tokens must be at least 1, got 0" in err
     assert not out_dir.exists()
 
@@ -611,15 +612,21 @@ def cli_visualize_missing_image(env, capsys):
     assert not out_dir.exists()
 
 
-def cli_visualize_folder_as_image(env, capsys):
-    code, _, err = _cli(env, capsys, "visualize-boundaries", str(env["root"]), "--model", str(env["root"] / "gsb"))
-    assert code == 2 and "is a folder, not an image file" in err
+def cli_visualize_folder_without_images(env, capsys):
+    # visualize-boundaries reads folders (issue 16); one without images is refused before anything is written.
+    folder, out_dir = env["root"] / "no-images", env["root"] / "boundaries-of-nothing"
+    folder.mkdir(exist_ok=True)
+    (folder / "notes.txt").write_text("not an image")
+    code, _, err = _cli(env, capsys, "visualize-boundaries", str(folder), "--model", str(env["root"] / "gsb"),
+                        "--out-dir", str(out_dir))
+    assert code == 2 and f"folder '{folder}' holds no image files PIL can open" in _one_error_line(err)
+    assert not out_dir.exists()
 
 
 def cli_visualize_out_dir_is_a_file(env, capsys):
     target = env["root"] / "a-file.txt"
     target.write_text("x")
-    code, _, err = _cli(env, capsys, "visualize-boundaries", str(env["root"] / "gray.png"), "--model",
+    code, _, err = _cli(env, capsys, "visualize-boundaries", _saved(env, _rgb_image(), "input.png"), "--model",
                         str(env["root"] / "gsb"), "--out-dir", str(target))
     assert code == 2 and "is an existing file, not a folder" in err
 
@@ -742,8 +749,8 @@ def cli_analyze_out_dir_is_a_file(env, capsys):
     target.write_text("x")
     code, _, err = _cli(env, capsys, "analyze", _saved(env, _rgb_image(), "analyze.png"), "--model",
                         str(_saved_tiny_qvision(env)), "--out-dir", str(target), "--max-new-tokens", "2")
-    line = _one_error_line(err)  # analyze (training/tools, issue 16) names the file through its OSError
-    assert code == 2 and line.startswith("leanvision analyze: error: ") and "File exists" in line and str(target) in line
+    assert code == 2 and _one_error_line(err) == (
+        f"leanvision analyze: error: --out-dir '{target}' is an existing file, not a folder")
     assert target.read_text() == "x"
 
 
@@ -951,7 +958,7 @@ CASES = [
     pipeline_max_new_tokens_negative, pipeline_http_404, pipeline_url_that_never_answers, open_image_of_a_folder,
     dtp_clip_empty_text_list, cli_caption_beams_zero, cli_caption_batch_size_zero, cli_caption_batch_size_negative,
     cli_evaluate_max_samples_zero, cli_caption_folder_with_a_bad_file, cli_analyze_max_new_tokens_zero,
-    cli_visualize_missing_image, cli_visualize_folder_as_image, cli_visualize_out_dir_is_a_file,
+    cli_visualize_missing_image, cli_visualize_folder_without_images, cli_visualize_out_dir_is_a_file,
     cli_export_under_an_existing_file, cli_export_into_a_read_only_folder, cli_export_onto_a_full_disk,
     cli_publish_eval_json_not_json, stale_staging_folder_is_removed, exported_files_have_ordinary_permissions,
     recipe_config_override_typo, train_negative_epochs, train_negative_learning_rate, cli_train_broken_yaml,

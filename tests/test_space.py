@@ -141,6 +141,28 @@ def test_app_overlay_marks_every_boundary_and_unset_models_are_not_configured():
     assert summary == "DTP-ViT: not configured\nDTP-CLIP: not configured"
 
 
+def test_app_refuses_unreadable_and_oversized_uploads_before_decoding(tmp_path, monkeypatch):
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    app = load_app_module()
+    component = app.check_uploads(gr.Image(type="pil"))
+    good = tmp_path / "good.png"
+    Image.new("RGB", (12, 8), (200, 30, 30)).save(good)
+    assert component.preprocess(ImageData(path=str(good), orig_name="good.png")).size == (12, 8)
+    (tmp_path / "notes.png").write_bytes(b"not an image")
+    with pytest.raises(gr.Error, match="'notes.png' is not an image file this demo can read"):
+        component.preprocess(ImageData(path=str(tmp_path / "notes.png"), orig_name="notes.png"))
+    monkeypatch.setattr(app, "MAX_IMAGE_PIXELS", 12 * 8 - 1)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda *args: decoded.append(1))
+    with pytest.raises(gr.Error, match="'good.png' has 12 x 8 pixels, more than the 95 this demo accepts"):
+        component.preprocess(ImageData(path=str(good), orig_name="good.png"))
+    assert decoded == []  # refused from the header
+    with pytest.raises(gr.Error, match="Give at least one candidate label"):
+        app.predict({"zero_shot": None}, Image.new("RGB", (8, 8)), " , ", "{}")
+
+
 # -- the app in a real browser ---------------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw, UnidentifiedImageError  # noqa: E402
 from transformers import pipeline  # noqa: E402
 
 # key -> (command-line flag, environment variable, pipeline task, display name)
@@ -39,6 +39,10 @@ TOP_K = 5
 # Greedy decoding: the same image always gets the same caption.
 GREEDY = {"do_sample": False, "num_beams": 1}
 OVERLAY_SIZE = 320
+# Largest upload decoded (width x height), checked from the file header (leanvision's loader uses the same limit).
+MAX_IMAGE_PIXELS = 8192 * 8192
+# Requests waiting in Gradio's queue beyond the one running; later ones are refused with "queue is full".
+QUEUE_SIZE = 64
 
 
 def read_config(path: str = CONFIG_FILE) -> dict:
@@ -118,6 +122,31 @@ def dtp_overlay(pipe, image: Image.Image) -> tuple[Image.Image, str]:
     return draw_boundaries(shown, boundaries), boundary_summary(boundaries)
 
 
+def check_uploads(component: gr.Image) -> gr.Image:
+    """Makes `component` check each upload before Gradio decodes it: a file PIL cannot read, a truncated one, and one
+    above MAX_IMAGE_PIXELS (read from the header, so a huge image never reaches memory) are refused with a message
+    naming the upload. (A gr.Image subclass would make Gradio write a .pyi file beside this one.)"""
+    decode = component.preprocess
+
+    def preprocess(payload):
+        name = repr(getattr(payload, "orig_name", None) or "the upload")
+        try:
+            if payload is not None and payload.path:
+                with Image.open(payload.path) as header:
+                    width, height = header.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise gr.Error(f"{name} has {width} x {height} pixels, more than the {MAX_IMAGE_PIXELS:,} this "
+                                   "demo accepts; resize it first.")
+            return decode(payload)
+        except (UnidentifiedImageError, Image.DecompressionBombError):
+            raise gr.Error(f"{name} is not an image file this demo can read.") from None
+        except (OSError, SyntaxError) as err:  # truncated or corrupted data
+            raise gr.Error(f"{name} could not be decoded (truncated or corrupted?): {err}") from None
+
+    component.preprocess = preprocess
+    return component
+
+
 def parse_labels(text: str) -> list[str]:
     return [label.strip() for label in (text or "").split(",") if label.strip()]
 
@@ -126,7 +155,16 @@ def predict(pipes: dict, image, labels_text: str, template: str):
     """Outputs in the order of `build_demo`'s outputs: 2 captions, 2 label sets, 2 overlays, the boundary summary."""
     if image is None:
         raise gr.Error("Upload an image first.")
-    image = image.convert("RGB")
+    try:
+        return run_models(pipes, image.convert("RGB"), labels_text, template)
+    except gr.Error:
+        raise
+    except (ValueError, TypeError) as err:  # the pipelines' checks (labels, template, image): say what is wrong
+        raise gr.Error(str(err)) from None
+
+
+def run_models(pipes: dict, image: Image.Image, labels_text: str, template: str):
+    """Every configured model on one RGB image (`predict`'s outputs)."""
     captions = [
         pipes[key](image, **GREEDY)[0]["generated_text"] if key in pipes else NOT_CONFIGURED
         for key in ("gsb", "qvision")
@@ -165,7 +203,7 @@ def build_demo(pipes: dict, sources: dict, candidate_labels=None) -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="Image", elem_id="image")
+                image = check_uploads(gr.Image(type="pil", label="Image", elem_id="image"))
                 labels = gr.Textbox(
                     value=", ".join(candidate_labels or DEFAULT_CANDIDATE_LABELS),
                     label="Zero-shot candidate labels (comma-separated)", elem_id="candidate-labels",
@@ -183,8 +221,9 @@ def build_demo(pipes: dict, sources: dict, candidate_labels=None) -> gr.Blocks:
             outputs.append(gr.Image(label="DTP-ViT boundaries", elem_id="overlay-classifier"))
             outputs.append(gr.Image(label="DTP-CLIP image-tower boundaries", elem_id="overlay-zero-shot"))
         outputs.append(gr.Textbox(label="DTP segments", elem_id="boundary-summary", lines=2))
-        submit.click(lambda *inputs: predict(pipes, *inputs), [image, labels, template], outputs)
-    return demo
+        submit.click(lambda *inputs: predict(pipes, *inputs), [image, labels, template], outputs, api_name="predict")
+    # One request runs at a time (a pipeline is not thread-safe); at most QUEUE_SIZE wait.
+    return demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
 
 
 def main(argv=None) -> None:
