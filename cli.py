@@ -109,11 +109,24 @@ def _evaluate_captioner(args) -> dict:
     )
 
 
+def _evaluate_visual_instruction(args) -> dict:
+    import os
+
+    from .training.tasks.visual_instruction import evaluate_visual_instruction
+
+    answers = os.path.splitext(args.out)[0] + ".answers.jsonl" if args.out else None
+    return evaluate_visual_instruction(
+        args.model_dir, args.dataset, split=args.split, max_samples=args.max_samples, batch_size=args.batch_size,
+        generation_kwargs=_decoding(args), answers_path=answers,
+    )
+
+
 # `leanvision evaluate`: one evaluator per training task of `families.py` (a new task adds its entry here).
 EVALUATORS = {
     "image_classification": _evaluate_classifier,
     "contrastive": _evaluate_zero_shot,
     "captioning": _evaluate_captioner,
+    "visual_instruction": _evaluate_visual_instruction,
 }
 
 
@@ -448,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy on an image classification dataset, each class prompted with --template (--dataset shapes or "
         "digits). Captioners: captions every example of a dataset split and scores them against their references "
         "with COCO caption metrics (pycocoevalcap, PTB tokenisation; SPICE only when named in --metrics). "
+        "DTP-LLaVA: VQA exact match on --dataset shapes (held-out questions), a LLaVA-format conversation dataset, or "
+        "a LLaVA-Bench folder (answers written beside --out as .answers.jsonl for an external judge). "
         "Otherwise --dataset is a Hub dataset, a save_to_disk folder or a local data folder.",
     )
     p.add_argument("model_dir", help="a saved or exported model folder")

@@ -88,3 +88,28 @@ def test_the_tiny_shapes_model_learns_to_answer_held_out_questions(start, tmp_pa
     metrics = main([STAGE2, "--model_name_or_path", start, "--output_dir", out])
     print({key: value for key, value in metrics.items() if "accuracy" in key})
     assert metrics["eval_vqa_accuracy"] >= 3 * metrics["eval_prior_accuracy"], metrics
+
+
+def test_cli_evaluate_scores_shapes_questions_and_writes_llava_bench_answers(stage1, tmp_path, capsys):
+    from PIL import Image
+
+    from leanvision.cli import main as cli
+
+    assert cli(["evaluate", stage1, "--dataset", "shapes", "--max-samples", "6", "--max-new-tokens", "3",
+                "--out", str(tmp_path / "shapes.json")]) == 0
+    report = json.load(open(tmp_path / "shapes.json"))
+    assert report["num_samples"] == 6 and 0.0 <= report["scores"]["vqa_accuracy"] <= 1.0
+    assert "vqa_accuracy:" in capsys.readouterr().out
+
+    bench = tmp_path / "bench"
+    (bench / "images").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(bench / "images" / "red.png")
+    questions = [{"question_id": i, "image": "red.png", "text": q, "category": "conv"}
+                 for i, q in enumerate(["what color is the shape?", "describe the image."])]
+    (bench / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    (bench / "answers_gpt4.jsonl").write_text("".join(json.dumps({"question_id": q["question_id"], "text": "red"})
+                                                      + "\n" for q in questions))
+    assert cli(["evaluate", stage1, "--dataset", str(bench), "--max-new-tokens", "3",
+                "--out", str(tmp_path / "bench.json")]) == 0
+    lines = [json.loads(line) for line in open(tmp_path / "bench.answers.jsonl")]
+    assert [line["question_id"] for line in lines] == [0, 1] and all(isinstance(l["text"], str) for l in lines)

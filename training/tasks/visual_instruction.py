@@ -17,6 +17,7 @@ scored with the caption metrics instead (`eval_caption_*`).
 """
 
 import logging
+import os
 
 import torch
 
@@ -174,3 +175,39 @@ def setup_visual_instruction(family, model_args, data_args, training_args) -> Ta
             caption_metrics=data_args.caption_metrics,
         ),
     )
+
+
+def evaluate_visual_instruction(model_dir: str, dataset: str, split: str | None = None, max_samples: int | None = None,
+                                batch_size: int = 16, generation_kwargs: dict | None = None,
+                                answers_path: str | None = None) -> dict:
+    """`leanvision evaluate` for a saved or exported DTP-LLaVA: answers every question of `dataset` and scores them.
+
+    `dataset`: "shapes" / "shapes_vqa" (the built-in held-out questions, `max_samples` rows, default 200),
+    "shapes_captions", a conversation dataset (its `split`, by default test / validation / train), or a LLaVA-Bench
+    folder (`questions.jsonl`, `answers_gpt4.jsonl`, `images/`): its answers are written to `answers_path` for an
+    external judge (no score is computed here). Returns {"scores", "dataset", "split", "num_samples", "generation"}.
+    """
+    from ..data.loading import evaluation_split
+    from ..evaluation.vqa import QUESTIONS_FILE, load_llava_bench, write_llava_bench_answers
+    from ..families import load_saved
+
+    _, model, processor = load_saved(model_dir)
+    generation_kwargs = dict(generation_kwargs or {})
+    report = {"dataset": dataset, "generation": generation_kwargs}
+    if os.path.isfile(os.path.join(dataset, QUESTIONS_FILE)):
+        if not answers_path:
+            raise ValueError("LLaVA-Bench answers need a file to go to: pass --out")
+        rows = load_llava_bench(dataset)[:max_samples]
+        answers = answer_questions(model, processor, rows, batch_size, **generation_kwargs)
+        write_llava_bench_answers(rows, answers, answers_path, os.path.basename(os.path.normpath(model_dir)))
+        return {**report, "scores": {}, "split": "llava-bench", "num_samples": len(rows), "answers_file": answers_path}
+    if dataset in ("shapes", "shapes_vqa"):
+        rows, split = shapes_vqa_splits(train=0, test=max_samples or DEFAULT_SIZES[1], seed=0)["test"], "test"
+    elif dataset == "shapes_captions":
+        data = shapes_splits(train=0, test=max_samples or DEFAULT_SIZES[1], seed=0)
+        rows, split = captions_to_conversations(data["test"]), "test"
+    else:
+        rows, split = evaluation_split(load_conversation_dataset(dataset), split, dataset)
+        rows = rows.select(range(min(max_samples, len(rows)))) if max_samples else rows
+    answers = answer_questions(model, processor, rows, batch_size, **generation_kwargs)
+    return {**report, "scores": score_answers(rows, answers), "split": split, "num_samples": len(rows)}
