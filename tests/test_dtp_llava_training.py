@@ -1,5 +1,6 @@
 """DTP-LLaVA training through train.py: stage 1 changes only the projector (bitwise), stage 2 starts from stage 1's
-output and never changes the tower; the tiny shapes model learns to answer held-out questions (slow)."""
+output and never changes the tower, LoRA adapts only the language model; `leanvision evaluate` on shapes questions and
+a LLaVA-Bench folder."""
 
 import json
 import os
@@ -79,15 +80,6 @@ def test_stage2_lora_trains_an_adapter_of_the_language_model_only(stage1, tmp_pa
     main([STAGE2, "--model_name_or_path", stage1, "--lora", "--output_dir", out, *QUICK])
     adapter = load_file(os.path.join(out, "adapter_model.safetensors"))
     assert adapter and all("language_model." in name and "lora_" in name for name in adapter), sorted(adapter)
-
-
-@pytest.mark.slow
-def test_the_tiny_shapes_model_learns_to_answer_held_out_questions(start, tmp_path):
-    """Stage 2 of the recipe from a fresh model: VQA exact match on held-out images against the prior baseline."""
-    out = str(tmp_path / "learn")
-    metrics = main([STAGE2, "--model_name_or_path", start, "--output_dir", out])
-    print({key: value for key, value in metrics.items() if "accuracy" in key})
-    assert metrics["eval_vqa_accuracy"] >= 3 * metrics["eval_prior_accuracy"], metrics
 
 
 def test_cli_evaluate_scores_shapes_questions_and_writes_llava_bench_answers(stage1, tmp_path, capsys):
