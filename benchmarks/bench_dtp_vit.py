@@ -21,14 +21,15 @@ Prints a markdown table; every "x peer" column is ours / peer measured in the sa
   buffers that kernels allocate and free inside one op, and allocator overhead. Measured at `--memory-batch` images
   (default: `--batch`).
 - GFLOP/s and % GEMM: the model's fvcore MACs x 2 x batch / median time, and that rate as a share of this machine's
-  large float32 matrix-multiply rate at the same thread count (`gemm_gflops`: a 2048^3 `torch.mm`, measured in the
-  same run).
+  large float32 matrix-multiply rate at the same thread count (a 2048^3 `torch.mm`, timed as one more entry of the
+  round-robin rounds, median).
 - `--compile SETTINGS`: adds `torch.compile`d rows (inductor) for those settings, timed in the same rounds.
 - `--profile`: per model, the ops one forward runs (torch.profiler): count, total self time, and the largest op
   kinds, to show where the time beyond the matrix multiplies goes.
 """
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -124,17 +125,15 @@ def gmacs_and_tokens(setting: str, batch_pixels: torch.Tensor) -> tuple[float, f
     return gmacs, 1 + out.segment_mask.sum(-1).float().mean().item()
 
 
-@torch.no_grad()
-def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """This machine's large float32 GEMM rate at the current thread count: 2 n^3 / median time of `torch.mm`."""
+GEMM_SIZE = 2048
+GEMM = "float32 GEMM"
+
+
+def gemm_call(size: int = GEMM_SIZE):
+    """A large float32 matrix multiply (`size`^3 MACs), timed with the models: this machine's GEMM rate at the
+    current thread count is 2 size^3 / its median time."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    return lambda: torch.mm(a, b)
 
 
 @torch.no_grad()
@@ -154,18 +153,18 @@ def op_profile(model: torch.nn.Module, pixels: torch.Tensor, top: int = 6) -> st
 
 
 @torch.no_grad()
-def time_round_robin(models: dict, pixels: torch.Tensor, repeats: int) -> dict[str, list[float]]:
-    """Seconds per forward of each model, `repeats` rounds, one forward per model per round, rotating the start."""
-    for model in models.values():  # warm-up
+def time_round_robin(calls: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each entry, `repeats` rounds, one call per entry per round, rotating the start."""
+    for call in calls.values():  # warm-up
         for _ in range(2):
-            model(pixel_values=pixels)
-    names = list(models)
+            call()
+    names = list(calls)
     times = {name: [] for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            models[name](pixel_values=pixels)
+            calls[name]()
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -189,8 +188,6 @@ def main():
     torch.manual_seed(0)
     pixels = torch.randn(args.batch, 3, IMAGE_SIZE, IMAGE_SIZE)
     memory_pixels = torch.randn(args.memory_batch or args.batch, 3, IMAGE_SIZE, IMAGE_SIZE)
-    gemm = gemm_gflops()
-    print(f"float32 GEMM (2048^3 torch.mm): {gemm:.1f} GFLOP/s at {torch.get_num_threads()} threads", file=sys.stderr)
     rows = {}
     for setting in SETTINGS:
         gmacs, tokens = gmacs_and_tokens(setting, pixels)
@@ -210,8 +207,9 @@ def main():
         for setting in settings:
             print(f"profile {setting}: {op_profile(rows[setting]['model'], pixels)}", file=sys.stderr)
 
-    times = time_round_robin({s: rows[s].pop("model") for s in settings}, pixels, args.repeats)
-    gemm_after = gemm_gflops()
+    calls = {s: functools.partial(rows[s].pop("model"), pixel_values=pixels) for s in settings}
+    times = time_round_robin({GEMM: gemm_call(), **calls}, args.repeats)
+    gemm = 2 * GEMM_SIZE**3 / statistics.median(times[GEMM]) / 1e9
     for setting in settings:
         rows[setting]["images_per_s"] = args.batch / statistics.median(times[setting])
         ratios = [p / t for p, t in zip(times[PEER], times[setting])]
@@ -224,7 +222,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores "
           f"({platform.machine()}, load average {load}), batch {args.batch}, {args.repeats} timing rounds, "
           f"float32, SDPA, eval; peak memory at batch {args.memory_batch or args.batch}; float32 GEMM "
-          f"{gemm:.1f} GFLOP/s before the timing rounds, {gemm_after:.1f} after")
+          f"({GEMM_SIZE}^3 torch.mm, timed in the same rounds) {gemm:.1f} GFLOP/s")
     print()
     print("| model | compression | tokens in last layers | GMACs | x peer | params (M) | x peer | images/s | x peer "
           "| GFLOP/s | % GEMM | peak forward memory (MB) | x peer |")
