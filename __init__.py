@@ -26,6 +26,7 @@ from .modeling.modeling_dtp_clip import DTPCLIPModel
 from .modeling.modeling_dtp_llava import DTPLlavaForConditionalGeneration
 from .modeling.modeling_dtp_vit import DTPViTForImageClassification, DTPViTModel
 from .modeling.modeling_gated_sparse_blip import GatedSparseBlipForConditionalGeneration, GatedSparseBlipModel
+from .processing.pipeline_image_classification import ImageClassificationPipeline
 from .processing.pipeline_image_to_text import ImageToTextPipeline
 from .processing.pipeline_zero_shot import ZeroShotImageClassificationPipeline
 from .processing.processing_dtp_clip import DTPCLIPProcessor
@@ -63,12 +64,12 @@ AutoProcessor.register(QVisionConfig, QVisionProcessor, exist_ok=True)
 PIPELINE_REGISTRY.register_pipeline(
     "image-to-text", pipeline_class=ImageToTextPipeline, pt_model=AutoModelForImageTextToText
 )
-# "zero-shot-image-classification": transformers' pipeline with checked labels (one comma-separated string splits into
-# labels, empty labels are refused) and leanvision's image loader; same default model, no "overwriting" warning.
-PIPELINE_REGISTRY.supported_tasks["zero-shot-image-classification"] = {
-    **PIPELINE_REGISTRY.supported_tasks["zero-shot-image-classification"],
-    "impl": ZeroShotImageClassificationPipeline,
-}
+# "zero-shot-image-classification" and "image-classification": transformers' pipelines with leanvision's image loader
+# and checked input (one comma-separated string of labels splits into labels, empty labels or image lists are
+# refused); same default models, no "overwriting" warning.
+for _task, _pipeline_class in (("zero-shot-image-classification", ZeroShotImageClassificationPipeline),
+                               ("image-classification", ImageClassificationPipeline)):
+    PIPELINE_REGISTRY.supported_tasks[_task] = {**PIPELINE_REGISTRY.supported_tasks[_task], "impl": _pipeline_class}
 _redirect_removed_task = transformers_pipelines._resolve_deprecated_task
 
 
@@ -96,6 +97,7 @@ __all__ = [
     "GatedSparseBlipModel",
     "GatedSparseBlipForConditionalGeneration",
     "GatedSparseBlipProcessor",
+    "ImageClassificationPipeline",
     "ImageToTextPipeline",
     "ZeroShotImageClassificationPipeline",
     "QVisionConfig",

@@ -19,6 +19,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ..configuration.configuration_dtp_vit import DTPViTConfig
+# The pipeline that config.json's `custom_pipelines` names: imported so that `save_pretrained` of a remotely loaded
+# model copies its file along with this one.
+from ..processing.pipeline_image_classification import ImageClassificationPipeline  # noqa: F401
 from .modeling_common import BundleCodeFirstMixin, InterfaceAttention, additive_mask, check_pixel_values, split_heads
 
 

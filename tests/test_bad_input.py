@@ -899,6 +899,76 @@ def zero_shot_registered_with_leanvision(env):
         pipe(image, candidate_labels=["a", 3])
 
 
+# --- image classification (cases 3, 10): the exported DTP-ViT where leanvision cannot be imported ----------------
+
+CLASSIFY_FRESH = """
+import json, sys
+import numpy as np
+from PIL import Image
+from transformers import pipeline
+
+export, deep = sys.argv[1], sys.argv[2]
+pipe = pipeline("image-classification", model=export, trust_remote_code=True)
+pixels = np.asarray(Image.open(deep), dtype=np.float64)
+eight_bit = Image.fromarray((pixels / 65535 * 255 + 0.5).astype(np.uint8)).convert("RGB")
+calls = {
+    "deep_path": lambda: pipe(deep, top_k=3),
+    "deep_eight_bit": lambda: pipe(eight_bit, top_k=3),
+    "white": lambda: pipe(Image.new("RGB", (64, 64), "white"), top_k=3),
+    "no_images": lambda: pipe([]),
+    "top_k_zero": lambda: pipe(eight_bit, top_k=0),
+}
+answers = {"class": type(pipe).__module__}
+for name, call in calls.items():
+    try:
+        answers[name] = ["ok", call()]
+    except Exception as err:
+        answers[name] = [type(err).__name__, str(err)]
+print(json.dumps(answers))
+"""
+
+
+def _classify_fresh(env):
+    if "classify_fresh" not in env:
+        from helpers import run_fresh
+        from test_attention import ROOT
+
+        export = env["root"] / "dtp_vit-export"
+        export_model(os.path.join(ROOT, "dtp_vit"), str(export))
+        env["classify_fresh"] = run_fresh(CLASSIFY_FRESH, env["root"], str(export), _sixteen_bit_path(env))
+        assert env["classify_fresh"]["class"].startswith("transformers_modules.")
+    return env["classify_fresh"]
+
+
+def classify_sixteen_bit_png(env):
+    answers = _classify_fresh(env)
+    assert answers["deep_path"] == answers["deep_eight_bit"] and answers["deep_path"][0] == "ok"
+    assert answers["deep_path"] != answers["white"]  # the model tells them apart: a white image would show
+
+
+def classify_empty_image_list(env):
+    assert _classify_fresh(env)["no_images"] == [
+        "ValueError", "no images given: pass an image or a non-empty list of images"]
+
+
+def classify_top_k_zero(env):
+    assert _classify_fresh(env)["top_k_zero"] == ["ValueError", "`top_k` must be a whole number of at least 1, got 0"]
+
+
+def classify_registered_with_leanvision(env):
+    from transformers import pipeline
+
+    from leanvision import ImageClassificationPipeline
+    from test_attention import ROOT
+
+    pipe = pipeline("image-classification", model=os.path.join(ROOT, "dtp_vit"))
+    assert isinstance(pipe, ImageClassificationPipeline)
+    path = _sixteen_bit_path(env)
+    assert pipe(path, top_k=3) == pipe(load_image(path), top_k=3)
+    with pytest.raises(ValueError, match="`top_k` must be a whole number of at least 1, got -1"):
+        pipe(path, top_k=-1)
+
+
 # --- an export killed midway (case 12) -----------------------------------------------------------------------------
 
 KILLED_EXPORT = """
@@ -966,7 +1036,8 @@ CASES = [
     symlink_loop_through_the_pipeline, cli_caption_symlink_loop, dangling_symlink, empty_text_list_gsb,
     empty_text_list_qvision, zero_shot_labels_as_one_string, zero_shot_empty_label_list, zero_shot_empty_label_string,
     zero_shot_empty_image_list, zero_shot_sixteen_bit_png, zero_shot_registered_with_leanvision,
-    export_killed_midway_then_rerun,
+    export_killed_midway_then_rerun, classify_sixteen_bit_png, classify_empty_image_list, classify_top_k_zero,
+    classify_registered_with_leanvision,
 ]
 CASE_NAMES = {
     "latents_wrong_channels": latents_wrong_channels, "latents_nan": latents_nan, "latents_inf": latents_inf,

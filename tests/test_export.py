@@ -73,7 +73,8 @@ def test_export_writes_expected_files_without_local_paths(model_dir, tmp_path):
     export_model(str(model_dir), str(out))
     assert sorted(os.listdir(out)) == sorted(
         ["README.md", "config.json", "configuration_dtp_vit.py", "handler.py", "model.safetensors",
-         "modeling_common.py", "modeling_dtp_vit.py", "preprocessor_config.json", "requirements.txt"]
+         "modeling_common.py", "modeling_dtp_vit.py", "pipeline_image_classification.py", "preprocessor_config.json",
+         "processing_common.py", "requirements.txt"]
     )
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"] == {

@@ -75,7 +75,8 @@ def test_dry_run_writes_the_folder_and_sends_nothing(model_dir, hub, tmp_path):
     assert hub.requests == []
     assert sorted(os.listdir(out)) == sorted([
         "README.md", "config.json", "configuration_dtp_vit.py", "eval_results.json", "handler.py", "model.safetensors",
-        "modeling_common.py", "modeling_dtp_vit.py", "preprocessor_config.json", "requirements.txt",
+        "modeling_common.py", "modeling_dtp_vit.py", "pipeline_image_classification.py", "preprocessor_config.json",
+        "processing_common.py", "requirements.txt",
     ])
     card = (out / "README.md").read_text()
     assert f'model="{REPO}"' in card and "| Accuracy (`accuracy`) | 0.8125 |" in card

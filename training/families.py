@@ -77,6 +77,14 @@ FAMILIES: dict[str, Family] = {
         pipeline_tag="image-classification",
         task="image_classification",
         build=build_dtp_vit,
+        # Images through the bundle's loader (16-bit PNGs scaled, URL timeout), empty input refused.
+        custom_pipelines={
+            "image-classification": {
+                "impl": "pipeline_image_classification.ImageClassificationPipeline",
+                "pt": ["AutoModelForImageClassification"],
+                "type": "image",
+            }
+        },
     ),
     "dtp_clip": Family(
         name="dtp_clip",
