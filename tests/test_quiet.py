@@ -4,7 +4,6 @@ Java tokenizer; a LoRA run raises no FutureWarning and no peft "Could not find a
 import os
 import warnings
 
-import pytest
 import torch
 
 from captioning_helpers import save_tiny_captioner
@@ -52,7 +51,8 @@ def test_lora_run_raises_no_future_warning_and_no_peft_config_warning(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train_main([os.path.join(RECIPES, "dtp_vit_digits.yaml"), "--model_name_or_path", str(tmp_path / "base"),
-                    "--config_overrides", "{}", "--lora", "--output_dir", str(tmp_path / "adapter"), "--max_steps", "2", "--save_steps", "1",
+                    "--config_overrides", "{}", "--lora", "--output_dir", str(tmp_path / "adapter"),
+                    "--max_steps", "2", "--save_steps", "1",
                     "--save_strategy", "steps", "--eval_strategy", "no", "--max_train_samples", "16",
                     "--max_eval_samples", "8", "--disable_tqdm", "true"])
     messages = [f"{w.category.__name__}: {w.message}" for w in caught]
