@@ -9,6 +9,9 @@ one request `{"inputs": IMAGE, "parameters": {...}}` in the JSON shape of that t
   a list of strings or one comma-separated string) and `hypothesis_template` (with `{}` where the label goes).
 - image-to-text: `[{"generated_text": str}]`; generation parameters (`max_new_tokens`, `num_beams`, `do_sample`,
   `temperature`, `top_k`, `top_p`, ...), flat or in a `generation_parameters` dict.
+- image-text-to-text (an assistant): `{"inputs": {"image": IMAGE, "text": QUESTION}, ...}` answers
+  `[{"generated_text": str}]`, the assistant's reply to one user turn holding the image and the question (through
+  the model's chat template); the generation parameters as for image-to-text.
 
 IMAGE is a base64 string (a `data:` URI too), the raw image bytes, an http(s) URL (fetched with a timeout), or a PIL
 image (what the endpoint container makes of a raw `image/png` / `image/jpeg` request body). A bad request raises
@@ -34,7 +37,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import pipeline
 
-TASKS = ("image-classification", "zero-shot-image-classification", "image-to-text")
+TASKS = ("image-classification", "zero-shot-image-classification", "image-to-text", "image-text-to-text")
+GENERATING_TASKS = ("image-to-text", "image-text-to-text")
+MAX_QUESTION_CHARS = 4000
 # Largest image accepted, in pixels (width x height), and largest encoded image, in bytes.
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -116,6 +121,7 @@ PARAMETERS = {
     "image-classification": {"top_k": _integer(1, 10_000), "function_to_apply": _choice("sigmoid", "softmax", "none")},
     "zero-shot-image-classification": {"candidate_labels": _candidate_labels, "hypothesis_template": _template},
     "image-to-text": GENERATION_PARAMETERS,
+    "image-text-to-text": GENERATION_PARAMETERS,
 }
 
 
@@ -159,10 +165,29 @@ class EndpointHandler:
         if "inputs" not in data:
             raise ValueError("the request has no 'inputs' (the image)")
         parameters = self.check_parameters(data.get("parameters"))
+        if self.task == "image-text-to-text":
+            image, question = self.image_and_question(data["inputs"])
+            messages = [{"role": "user", "content": [{"type": "image", "image": image},
+                                                     {"type": "text", "text": question}]}]
+            with self._lock:
+                answer = self.pipeline(text=messages, return_full_text=False, **parameters)
+            return self.to_json(answer)
         image = self.load_image(data["inputs"])
         with self._lock:
             answer = self.pipeline(image, **parameters)
         return self.to_json(answer)
+
+    def image_and_question(self, inputs) -> tuple[Image.Image, str]:
+        """`{"image": IMAGE, "text": QUESTION}` of an image-text-to-text request, both checked."""
+        if not isinstance(inputs, dict) or set(inputs) != {"image", "text"}:
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(f"'inputs' must be an object with 'image' and 'text' (the question), got {got}")
+        question = inputs["text"]
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("'inputs.text' must be a non-empty question")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise ValueError(f"'inputs.text' is {len(question)} characters, over the limit of {MAX_QUESTION_CHARS}")
+        return self.load_image(inputs["image"]), question
 
     def check_parameters(self, parameters) -> dict:
         """The request's parameters, checked against the task's names, types and ranges."""
@@ -171,7 +196,7 @@ class EndpointHandler:
         if not isinstance(parameters, dict):
             raise ValueError(f"'parameters' must be a JSON object, got {type(parameters).__name__}")
         parameters = dict(parameters)
-        if self.task == "image-to-text":
+        if self.task in GENERATING_TASKS:
             nested = parameters.pop("generation_parameters", None) or {}
             if not isinstance(nested, dict):
                 raise ValueError("parameter 'generation_parameters' must be a JSON object")
@@ -287,6 +312,6 @@ class EndpointHandler:
         """The pipeline's answer with plain Python values only."""
         if isinstance(answer, dict):
             answer = [answer]
-        if self.task == "image-to-text":
+        if self.task in GENERATING_TASKS:
             return [{"generated_text": str(item["generated_text"])} for item in answer]
         return [{"label": str(item["label"]), "score": float(item["score"])} for item in answer]

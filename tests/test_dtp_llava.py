@@ -239,18 +239,30 @@ def _saved_tiny_model(folder, processor):
 
 
 PIPELINE = """
-import json, sys
+import base64, importlib.util, json, sys
 from PIL import Image
 from transformers import pipeline
 pipe = pipeline("image-text-to-text", model=sys.argv[1], trust_remote_code=True)
 messages = [{"role": "user", "content": [{"type": "image", "image": Image.open(sys.argv[2])},
                                          {"type": "text", "text": "what color is the circle?"}]}]
 out = pipe(text=messages, max_new_tokens=5, return_full_text=False)
-print(json.dumps({"text": out[0]["generated_text"], "class": type(pipe.model).__module__}))
+spec = importlib.util.spec_from_file_location("handler", sys.argv[1] + "/handler.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+handler = module.EndpointHandler(sys.argv[1])
+image = base64.b64encode(open(sys.argv[2], "rb").read()).decode()
+answer = handler({"inputs": {"image": image, "text": "what color is the circle?"}, "parameters": {"max_new_tokens": 5}})
+try:
+    handler({"inputs": image, "parameters": {"max_new_tokens": 5}})
+    refusal = None
+except ValueError as err:
+    refusal = str(err)
+print(json.dumps({"text": out[0]["generated_text"], "class": type(pipe.model).__module__, "handler_task": handler.task,
+                  "handler": answer, "refusal": refusal}))
 """
 
 
-def test_export_loads_without_leanvision_and_answers_chat_messages_in_the_pipeline(processor, tmp_path):
+def test_export_loads_without_leanvision_and_answers_chat_messages_in_the_pipeline_and_handler(processor, tmp_path):
     from leanvision.hub_cards.export import export_model
     from leanvision.hub_cards.publish import publish
 
@@ -273,6 +285,10 @@ def test_export_loads_without_leanvision_and_answers_chat_messages_in_the_pipeli
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     ids = model.generate(**inputs, max_new_tokens=5)[0, inputs["input_ids"].shape[1] :]
     assert result["text"].strip() == processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    # The Inference Endpoints handler serves the same answer for {"image": base64, "text": question}.
+    assert result["handler_task"] == "image-text-to-text"
+    assert result["handler"] == [{"generated_text": result["text"]}]
+    assert result["refusal"].startswith("'inputs' must be an object with 'image' and 'text'")
 
     dry = publish(str(tmp_path / "model"), "someone/tiny-dtp-llava", dry_run=True, out_dir=str(tmp_path / "dry"))
     assert "someone/tiny-dtp-llava" in (tmp_path / "dry" / "README.md").read_text() and os.path.isdir(dry)
