@@ -23,6 +23,7 @@ MODELS = {
     "qvision": ("--qvision", "QVision", "image-to-text"),
     "classifier": ("--classifier", "DTP-ViT", "image-classification"),
     "zero_shot": ("--zero-shot", "DTP-CLIP", "zero-shot-image-classification"),
+    "assistant": ("--assistant", "DTP-LLaVA", "image-text-to-text"),
 }
 
 

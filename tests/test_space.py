@@ -132,13 +132,40 @@ def test_app_overlay_marks_every_boundary_and_unset_models_are_not_configured():
     sources = app.resolve_sources({"gsb": "flag/gsb"}, environ={"LEANVISION_CAPTIONER_GSB": "env/gsb",
                                                                 "LEANVISION_CLASSIFIER": "env/vit"},
                                   config={"models": {"classifier": "file/vit", "zero_shot": "file/clip"}})
-    assert sources == {"gsb": "flag/gsb", "qvision": None, "classifier": "env/vit", "zero_shot": "file/clip"}
+    assert sources == {"gsb": "flag/gsb", "qvision": None, "classifier": "env/vit", "zero_shot": "file/clip",
+                       "assistant": None}
     captions_gsb, captions_qv, classes, zero_shot, overlay_a, overlay_b, summary = app.predict(
         {}, Image.new("RGB", (8, 8)), "a, b", "a photo of {}"
     )
     assert captions_gsb == captions_qv == classes == zero_shot == app.NOT_CONFIGURED
     assert overlay_a is None and overlay_b is None
     assert summary == "DTP-ViT: not configured\nDTP-CLIP: not configured"
+
+
+def test_app_asks_dtp_llava_what_its_pipeline_answers(tmp_path):
+    import gradio as gr
+    from transformers import pipeline
+
+    from test_dtp_llava import TEXTS, _saved_tiny_model
+    from leanvision.processing.processing_dtp_llava import DTPLlavaProcessor, add_chat_tokens
+    from leanvision.processing.processing_dtp_vit import build_image_processor
+    from leanvision.training.data.tokenizers import word_level_tokenizer
+
+    app = load_app_module()
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    assert app.ask({}, image, "what color is the circle?") == app.NOT_CONFIGURED
+    processor = DTPLlavaProcessor(build_image_processor(32), add_chat_tokens(word_level_tokenizer(TEXTS)))
+    _saved_tiny_model(tmp_path / "llava", processor)
+    pipes = app.load_pipelines({"assistant": str(tmp_path / "llava")})
+    messages = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": "what color is the circle?"}]}]
+    expected = pipeline("image-text-to-text", model=str(tmp_path / "llava"), trust_remote_code=True)(
+        text=messages, max_new_tokens=app.ANSWER_TOKENS, return_full_text=False, do_sample=False
+    )[0]["generated_text"]
+    assert app.ask(pipes, image, "  what color is the circle? ") == expected
+    for bad_image, question, message in ((None, "what?", "Upload an image"), (image, "  ", "Type a question")):
+        with pytest.raises(gr.Error, match=message):
+            app.ask(pipes, bad_image, question)
 
 
 def test_app_refuses_unreadable_and_oversized_uploads_before_decoding(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """leanvision demo: captions from GatedSparseBlip and QVision, DTP-ViT labels, DTP-CLIP zero-shot labels and the
-DTP boundary overlays for one uploaded image.
+DTP boundary overlays for one uploaded image, and DTP-LLaVA's answer to a question about it.
 
 Every model loads through transformers alone (`pipeline(..., trust_remote_code=True)`), by Hub repo id or local
 folder; no leanvision install is needed. A model's source is taken from its command-line flag, else its environment
@@ -30,12 +30,15 @@ MODELS = {
     "qvision": ("--qvision", "LEANVISION_CAPTIONER_QVISION", "image-to-text", "QVision"),
     "classifier": ("--classifier", "LEANVISION_CLASSIFIER", "image-classification", "DTP-ViT"),
     "zero_shot": ("--zero-shot", "LEANVISION_ZERO_SHOT", "zero-shot-image-classification", "DTP-CLIP"),
+    "assistant": ("--assistant", "LEANVISION_ASSISTANT", "image-text-to-text", "DTP-LLaVA"),
 }
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "space_config.json")
 NOT_CONFIGURED = "not configured"
 DEFAULT_CANDIDATE_LABELS = ["a person", "an animal", "a vehicle", "food", "a building"]
 DEFAULT_TEMPLATE = "a photo of {}"
 TOP_K = 5
+DEFAULT_QUESTION = "What color is the circle?"
+ANSWER_TOKENS = 32
 # Greedy decoding: the same image always gets the same caption.
 GREEDY = {"do_sample": False, "num_beams": 1}
 OVERLAY_SIZE = 320
@@ -189,6 +192,23 @@ def run_models(pipes: dict, image: Image.Image, labels_text: str, template: str)
     return (*captions, classes, zero_shot, *overlays, "\n".join(summaries))
 
 
+def ask(pipes: dict, image, question: str) -> str:
+    """DTP-LLaVA's greedy reply to one user turn holding the image and the question."""
+    if "assistant" not in pipes:
+        return NOT_CONFIGURED
+    if image is None:
+        raise gr.Error("Upload an image first.")
+    if not (question or "").strip():
+        raise gr.Error("Type a question about the image.")
+    messages = [{"role": "user", "content": [{"type": "image", "image": image.convert("RGB")},
+                                             {"type": "text", "text": question.strip()}]}]
+    try:
+        answer = pipes["assistant"](text=messages, max_new_tokens=ANSWER_TOKENS, return_full_text=False, **GREEDY)
+    except (ValueError, TypeError) as err:
+        raise gr.Error(str(err)) from None
+    return answer[0]["generated_text"]
+
+
 def build_demo(pipes: dict, sources: dict, candidate_labels=None) -> gr.Blocks:
     status = "\n".join(
         f"- **{MODELS[key][3]}** ({MODELS[key][2]}): " + (f"`{source}`" if source else NOT_CONFIGURED)
@@ -199,7 +219,8 @@ def build_demo(pipes: dict, sources: dict, candidate_labels=None) -> gr.Blocks:
             "# leanvision: token-efficient vision-language models\n"
             "Upload an image: two captioners describe it (greedy decoding), DTP-ViT classifies it, DTP-CLIP ranks "
             "your candidate labels, and the overlays show how each DTP image tower pooled the patches into "
-            "segments (one colour per segment, a red bar where a segment closes).\n\n" + status
+            "segments (one colour per segment, a red bar where a segment closes). Ask DTP-LLaVA a question about "
+            "the same image below.\n\n" + status
         )
         with gr.Row():
             with gr.Column():
@@ -221,7 +242,12 @@ def build_demo(pipes: dict, sources: dict, candidate_labels=None) -> gr.Blocks:
             outputs.append(gr.Image(label="DTP-ViT boundaries", elem_id="overlay-classifier"))
             outputs.append(gr.Image(label="DTP-CLIP image-tower boundaries", elem_id="overlay-zero-shot"))
         outputs.append(gr.Textbox(label="DTP segments", elem_id="boundary-summary", lines=2))
+        with gr.Row():
+            question = gr.Textbox(value=DEFAULT_QUESTION, label="Question for DTP-LLaVA", elem_id="question")
+            answer = gr.Textbox(label="DTP-LLaVA answer", elem_id="answer")
+        ask_button = gr.Button("Ask", elem_id="ask")
         submit.click(lambda *inputs: predict(pipes, *inputs), [image, labels, template], outputs, api_name="predict")
+        ask_button.click(lambda *inputs: ask(pipes, *inputs), [image, question], answer, api_name="ask")
     # One request runs at a time (a pipeline is not thread-safe); at most QUEUE_SIZE wait.
     return demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
 
