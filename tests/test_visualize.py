@@ -76,6 +76,9 @@ def test_cli_draws_a_folder_beside_the_model_titled_with_file_and_prediction(vit
     printed = capsys.readouterr().out.splitlines()
     assert printed == [f"{folder / f'{i}.png'} -> {os.path.join(out_dir, f'boundaries_{i}.png')}" for i in range(3)]
     assert sorted(os.listdir(out_dir)) == [f"boundaries_{i}.png" for i in range(3)]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(os.path.join(out_dir, "boundaries_0.png")).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     probabilities = vit_probabilities(vit_dir, images)
     for i, (_, fig) in enumerate(figures):
         best = int(probabilities[i].argmax())

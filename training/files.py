@@ -128,6 +128,13 @@ def staged_folder(out_dir: str):
         raise
 
 
+def ordinary_file_mode() -> int:
+    """0666 under the process umask (0644 under umask 022): the mode `open()` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_text_atomically(path: str, text: str) -> str:
     """Writes `text` to a temporary file beside `path`, then renames it over `path`; returns `path`."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -136,6 +143,7 @@ def write_text_atomically(path: str, text: str) -> str:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp_path, ordinary_file_mode())  # mkstemp's 0600 would make the result private
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):

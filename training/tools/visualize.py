@@ -11,6 +11,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ..files import ordinary_file_mode  # noqa: E402
+
 
 def save_figure_atomically(fig, path: str) -> str:
     """Saves to a temporary file beside `path`, then renames: a failure never leaves a half-written PNG."""
@@ -20,6 +22,7 @@ def save_figure_atomically(fig, path: str) -> str:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.chmod(tmp, ordinary_file_mode())  # mkstemp's 0600 would make the figure private
         os.replace(tmp, path)
     finally:
         plt.close(fig)
