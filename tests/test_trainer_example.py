@@ -4,6 +4,7 @@ steps instead of 10 epochs) and its output folder: it trains, and what it saves 
 import os
 import re
 
+import pytest
 import torch
 import transformers
 
@@ -22,6 +23,7 @@ def readme_example() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow  # trains 6 steps and evaluates the 360 test digits: about 20 s
 def test_readme_trainer_example_trains_and_saves_the_trained_model(tmp_path, monkeypatch, capsys):
     code = readme_example()
     assert code.count("num_train_epochs=10") == 1
