@@ -139,3 +139,9 @@ def test_command_line_pretrained_start_replaces_the_recipes_overrides():
     model_args, _, _ = parse_args([CLIP_SHAPES, "--init_from_clip", "some/clip", "--config_overrides",
                                    '{"vision_config": {"compression_rate": 0.5}}'])
     assert model_args.config_overrides == {"vision_config": {"compression_rate": 0.5}}
+    # Without --config_overrides, the recipe's fresh-model overrides are dropped too: a 64-wide recipe model's
+    # widths never reach a pretrained base of another width (they would re-initialise its mismatched weights).
+    model_args, _, _ = parse_args([DIGITS, "--model_name_or_path", "outputs/some_digits_model"])
+    assert model_args.config_overrides == {}
+    model_args, _, _ = parse_args([DIGITS])
+    assert model_args.config_overrides["hidden_size"] == 64

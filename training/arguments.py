@@ -260,10 +260,13 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Training
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     family = get_family(model_args.family)
     base = from_json(recipe.get("config_overrides"), dict, "config_overrides", "a JSON object") or {}
-    # The recipe's overrides describe the recipe's model: a command line that switches to a pretrained start replaces
-    # them with its own (as before); otherwise its overrides merge into them.
+    # The recipe's overrides describe the recipe's fresh model: a command line that switches to a pretrained start
+    # drops them (only its own --config_overrides apply); otherwise its overrides merge into them.
     new_start = any(_flag_given(argv, name) for name in PRETRAINED_STARTS)
-    if base and _flag_given(argv, "config_overrides") and not new_start:
+    given = _flag_given(argv, "config_overrides")
+    if new_start and not given:
+        model_args.config_overrides = {}
+    elif base and given and not new_start:
         model_args.config_overrides = merge_overrides(base, model_args.config_overrides)
     check_config_overrides(family, model_args.config_overrides)
     check_ranges(data_args, training_args)
