@@ -323,12 +323,14 @@ class DTPViTModel(DTPViTPreTrainedModel):
         """Embeddings, pre-layers, boundaries and segment pooling of some images.
 
         Returns (cls (B, 1, D), segments (B, S, D), segment_mask (B, S), boundaries (B, T)). Under `torch.compile`
-        the segment count S is fixed from shapes alone (`_segment_budget`), so the graph has no data-dependent size.
+        the segment count S is fixed from shapes alone (`_segment_budget` for predicted boundaries, every patch for
+        given ones), so the graph has no data-dependent size.
         """
         hidden = self._patch_states(pixel_values, run)
         cls, patches = hidden[:, :1], hidden[:, 1:]
         batch, num_patches = patches.shape[:2]
-        if boundaries is not None:
+        given = boundaries is not None
+        if given:
             boundaries = boundaries.to(patches.dtype)
         elif self.pools:
             boundaries, _ = self.boundary_predictor(patches)
@@ -336,7 +338,10 @@ class DTPViTModel(DTPViTPreTrainedModel):
             ones = torch.ones(batch, num_patches, dtype=patches.dtype, device=patches.device)
             return cls, patches, ones.bool(), ones
         if self.pools or torch.compiler.is_compiling() or not bool((boundaries == 1).all()):
-            budget = self._segment_budget(num_patches) if torch.compiler.is_compiling() else None
+            # Given boundaries may close any number of segments: only the predictor's count is known from shapes.
+            budget = None
+            if torch.compiler.is_compiling():
+                budget = num_patches if given else self._segment_budget(num_patches)
             segments, segment_mask = self.segment_pooling(patches, boundaries, budget)
         else:
             segments, segment_mask = patches, torch.ones_like(boundaries, dtype=torch.bool)
