@@ -105,3 +105,21 @@ def test_cli_evaluate_scores_shapes_questions_and_writes_llava_bench_answers(sta
                 "--out", str(tmp_path / "bench.json")]) == 0
     lines = [json.loads(line) for line in open(tmp_path / "bench.answers.jsonl")]
     assert [line["question_id"] for line in lines] == [0, 1] and all(isinstance(l["text"], str) for l in lines)
+
+
+def test_fresh_stage1_tokenizer_knows_every_stage2_question_and_answer(tmp_path):
+    """Stage 2 reuses stage 1's tokenizer, so a fresh stage-1 run on the captions must still spell the questions
+    ("what color ...", "how many ...") and the count answers without unknown tokens."""
+    from transformers import AutoTokenizer
+
+    from leanvision.training.data.shapes_vqa import shapes_vqa_splits
+    from leanvision.training.tasks.visual_instruction import conversation_texts
+
+    out = str(tmp_path / "stage1")
+    main([STAGE1, "--output_dir", out, *QUICK])
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    data = shapes_vqa_splits(train=200, test=200, seed=0)
+    texts = conversation_texts(data["train"]) + conversation_texts(data["test"])
+    unknown = [text for text in texts if tokenizer.unk_token_id in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    assert not unknown, unknown[:5]
+    assert {"1", "2", "3", "color", "how"} <= set(tokenizer.get_vocab())

@@ -16,13 +16,14 @@ the colours, shapes, positions and counts drawn: answering each type's most freq
 test images are held out; the same call gives byte-identical images and identical rows.
 """
 
+import itertools
 import math
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Image
 
 from .conversations import IMAGE_TOKEN, conversation_dataset
-from .shapes import SPLITS, make_shapes_dataset
+from .shapes import COLORS, POSITIONS, SHAPES, SPLITS, make_shapes_dataset
 
 QUESTION_TYPES = ("color", "shape", "position", "count")
 MAX_QUESTIONS_PER_IMAGE = len(QUESTION_TYPES)
@@ -57,6 +58,17 @@ def candidate_questions(colors, shapes, positions) -> dict[str, list[tuple[str, 
     count = str(len(colors))
     candidates["count"] = [("how many shapes are there?", count), ("how many objects are in the image?", count)]
     return candidates
+
+
+def vocabulary_texts() -> list[str]:
+    """Every question and answer text a shapes VQA row can hold (all colours, shapes, positions and counts), and the
+    stage-1 prompts: the words a fresh word-level tokenizer needs for both built-in sets, whichever one it is built on
+    (stage 2 reuses stage 1's tokenizer)."""
+    texts = list(CAPTION_PROMPTS) + [str(count) for count in range(1, len(POSITIONS) + 1)]
+    for color, shape, position in itertools.product(COLORS, SHAPES, POSITIONS):
+        for items in candidate_questions([color], [shape], [position]).values():
+            texts += [text for pair in items for text in pair]
+    return texts
 
 
 def _pick_questions(candidates, count: int, first_type: int, rng) -> list[tuple[str, str, str]]:

@@ -25,7 +25,7 @@ from ..data.collators import ConversationCollator, conversation_messages
 from ..data.conversations import load_conversation_dataset
 from ..data.loading import training_splits
 from ..data.shapes import shapes_splits
-from ..data.shapes_vqa import captions_to_conversations, shapes_vqa_splits
+from ..data.shapes_vqa import captions_to_conversations, shapes_vqa_splits, vocabulary_texts
 from ..evaluation.captions import FAST_METRICS, flat_scores, parse_metric_names, score_captions
 from ..evaluation.vqa import question_type_prior_baseline, vqa_accuracy
 from ..trainer import LeanTrainer, TaskSetup
@@ -151,7 +151,10 @@ class VisualInstructionTrainer(LeanTrainer):
 def setup_visual_instruction(family, model_args, data_args, training_args) -> TaskSetup:
     """Model, processor, datasets, collator and `VisualInstructionTrainer` arguments for DTP-LLaVA."""
     train, evaluation = load_conversation_splits(data_args, training_args.seed)
-    model, processor = family.build(model_args, model_args.config_overrides, conversation_texts(train))
+    texts = conversation_texts(train)
+    if (data_args.dataset_name or "shapes_vqa") in BUILT_IN_DATASETS:
+        texts += vocabulary_texts()  # a fresh stage-1 tokenizer must also know the stage-2 questions and answers
+    model, processor = family.build(model_args, model_args.config_overrides, texts)
     model.generation_config.max_new_tokens = data_args.generation_max_new_tokens
     questions = [i for i, kind in enumerate(evaluation["question_type"]) if kind != CAPTION_TYPE]
     train_questions = [i for i, kind in enumerate(train["question_type"]) if kind != CAPTION_TYPE]
