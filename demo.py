@@ -1,5 +1,6 @@
 """`make demo`: train, evaluate, export and reload one small model of each family on built-in data (DTP-ViT on
-scikit-learn's digits; DTP-CLIP, GatedSparseBlip and QVisionMultiModel on the shapes set), then summarise."""
+scikit-learn's digits; DTP-CLIP, GatedSparseBlip, QVisionMultiModel and DTP-LLaVA on the shapes set), then
+summarise."""
 
 import json
 import os
@@ -48,6 +49,23 @@ from transformers import pipeline
 export_dir, labels, images = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
 classify = pipeline("zero-shot-image-classification", model=export_dir, trust_remote_code=True)
 print(json.dumps([classify(path, candidate_labels=labels, hypothesis_template="a photo of a {}")[0] for path in images]))
+"""
+
+
+# Asks the exported DTP-LLaVA one question per image through "image-text-to-text", leanvision not importable.
+_FRESH_ASK = """
+import json, sys
+sys.modules["leanvision"] = None
+from PIL import Image
+from transformers import pipeline
+export_dir, questions, images = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+ask = pipeline("image-text-to-text", model=export_dir, trust_remote_code=True)
+answers = []
+for question, path in zip(questions, images):
+    messages = [{"role": "user", "content": [{"type": "image", "image": Image.open(path)},
+                                             {"type": "text", "text": question}]}]
+    answers.append(ask(text=messages, max_new_tokens=4, return_full_text=False)[0]["generated_text"].strip())
+print(json.dumps(answers))
 """
 
 
@@ -158,6 +176,32 @@ def run_captioner(out_root: str, recipe: str) -> dict:
     }
 
 
+def run_dtp_llava(out_root: str) -> dict:
+    """The two DTP-LLaVA stages (shapes captions -> projector; shapes questions -> projector + language model),
+    held-out VQA exact match beside the question-type prior, then the export answers held-out questions through the
+    image-text-to-text pipeline in a fresh interpreter."""
+    from .training.data.shapes_vqa import shapes_vqa_splits
+
+    start = time.time()
+    stage1 = os.path.join(out_root, "dtp_llava_shapes_stage1")
+    train_main([os.path.join(RECIPES, "dtp_llava_shapes_stage1.yaml"), "--output_dir", stage1,
+                "--overwrite_output_dir", "true", "--disable_tqdm", "true"])
+    metrics, _, export_dir = train_and_export(out_root, "dtp_llava_shapes_stage2", "--model_name_or_path", stage1,
+                                              "--disable_tqdm", "true")
+
+    test = shapes_vqa_splits(train=0, test=3, seed=1)["test"]
+    paths = save_samples(test["image"], os.path.join(out_root, "shapes_vqa_samples"), "question")
+    questions = [row[0]["value"].split("\n", 1)[1] for row in test["conversations"]]
+    answers = run_fresh_script(_FRESH_ASK, export_dir, json.dumps(questions), *paths)
+    return {
+        "vqa_accuracy": metrics["eval_vqa_accuracy"],
+        "prior_accuracy": metrics["eval_prior_accuracy"],
+        "seconds": time.time() - start,
+        "export": export_dir,
+        "answers": list(zip(questions, answers, test["answer"])),
+    }
+
+
 def main() -> None:
     out_root = os.environ.get("LEANVISION_DEMO_DIR", "outputs/demo")
     dtp = run_dtp_vit(out_root)
@@ -166,6 +210,7 @@ def main() -> None:
         "GatedSparseBlip": run_captioner(out_root, "gated_sparse_blip_shapes"),
         "QVisionMultiModel": run_captioner(out_root, "qvision_shapes"),
     }
+    llava = run_dtp_llava(out_root)
     print("\n=== leanvision demo summary ===")
     print(
         f"DTP-ViT on digits: test accuracy {dtp['accuracy']:.3f}, boundary ratio {dtp['boundary_ratio']:.3f} "
@@ -188,6 +233,13 @@ def main() -> None:
         print(f"  export: {run['export']} (captioned with pipeline('image-to-text') in a fresh interpreter)")
         for path, caption, truth in run["captions"]:
             print(f"  {os.path.basename(path)}: {caption!r} (true: {truth!r})")
+    print(
+        f"DTP-LLaVA on shapes questions (two stages): held-out VQA exact match {llava['vqa_accuracy']:.3f} "
+        f"(question-type prior {llava['prior_accuracy']:.3f}), {llava['seconds']:.0f} s"
+    )
+    print(f"  export: {llava['export']} (asked with pipeline('image-text-to-text') in a fresh interpreter)")
+    for question, answer, truth in llava["answers"]:
+        print(f"  {question!r} -> {answer!r} (true: {truth!r})")
 
 
 if __name__ == "__main__":
