@@ -190,6 +190,28 @@ def test_app_refuses_unreadable_and_oversized_uploads_before_decoding(tmp_path, 
         app.predict({"zero_shot": None}, Image.new("RGB", (8, 8)), " , ", "{}")
 
 
+def test_app_scales_a_16_bit_upload_instead_of_showing_white(tmp_path):
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    app = load_app_module()
+    ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)  # 0 .. 65520, mean about 32760
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    demo = app.build_demo({}, {key: None for key in app.MODELS})
+    (upload,) = [block for block in demo.blocks.values() if isinstance(block, gr.Image) and block.elem_id == "image"]
+    assert upload.image_mode is None  # Gradio keeps the 16-bit mode; app.to_rgb scales it
+    component = app.check_uploads(gr.Image(type="pil", image_mode=None))
+    rgb = np.asarray(app.to_rgb(component.preprocess(ImageData(path=str(path), orig_name="deep.png"))))
+    expected = np.clip(ramp / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert rgb.shape == (64, 64, 3) and np.array_equal(rgb[..., 0], expected) and 120 < rgb.mean() < 136
+    with pytest.raises(gr.Error, match="NaN or inf"):
+        app.to_rgb(Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32)))
+    float_image = Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32))
+    assert np.asarray(app.to_rgb(float_image)).max() == 128  # a [0, 1] float image, not black
+
+
 # -- the app in a real browser ---------------------------------------------------------------------------------
 
 

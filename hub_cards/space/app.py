@@ -125,6 +125,24 @@ def dtp_overlay(pipe, image: Image.Image) -> tuple[Image.Image, str]:
     return draw_boundaries(shown, boundaries), boundary_summary(boundaries)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: 16-bit images scaled from 0-65535 and float images from [0, 1] (or 0-255), where PIL's own
+    conversion clips them to white or black. (The exports' processing_common.to_rgb does the same; this app runs
+    without leanvision, so it keeps its own copy.)"""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(pixels).all():
+            raise gr.Error("The image has NaN or inf pixel values.")
+        if image.mode.startswith("I;16") or pixels.max() > 255:
+            top = 65535.0
+        elif image.mode == "F" and pixels.min() >= 0 and pixels.max() <= 1:
+            top = 1.0
+        else:
+            top = 255.0
+        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def check_uploads(component: gr.Image) -> gr.Image:
     """Makes `component` check each upload before Gradio decodes it: a file PIL cannot read, a truncated one, and one
     above MAX_IMAGE_PIXELS (read from the header, so a huge image never reaches memory) are refused with a message
@@ -159,7 +177,7 @@ def predict(pipes: dict, image, labels_text: str, template: str):
     if image is None:
         raise gr.Error("Upload an image first.")
     try:
-        return run_models(pipes, image.convert("RGB"), labels_text, template)
+        return run_models(pipes, to_rgb(image), labels_text, template)
     except gr.Error:
         raise
     except (ValueError, TypeError) as err:  # the pipelines' checks (labels, template, image): say what is wrong
@@ -200,7 +218,7 @@ def ask(pipes: dict, image, question: str) -> str:
         raise gr.Error("Upload an image first.")
     if not (question or "").strip():
         raise gr.Error("Type a question about the image.")
-    messages = [{"role": "user", "content": [{"type": "image", "image": image.convert("RGB")},
+    messages = [{"role": "user", "content": [{"type": "image", "image": to_rgb(image)},
                                              {"type": "text", "text": question.strip()}]}]
     try:
         answer = pipes["assistant"](text=messages, max_new_tokens=ANSWER_TOKENS, return_full_text=False, **GREEDY)
@@ -224,7 +242,8 @@ def build_demo(pipes: dict, sources: dict, candidate_labels=None) -> gr.Blocks:
         )
         with gr.Row():
             with gr.Column():
-                image = check_uploads(gr.Image(type="pil", label="Image", elem_id="image"))
+                # image_mode=None: Gradio keeps the file's mode (16-bit stays 16-bit) and `to_rgb` scales it.
+                image = check_uploads(gr.Image(type="pil", image_mode=None, label="Image", elem_id="image"))
                 labels = gr.Textbox(
                     value=", ".join(candidate_labels or DEFAULT_CANDIDATE_LABELS),
                     label="Zero-shot candidate labels (comma-separated)", elem_id="candidate-labels",
