@@ -158,7 +158,10 @@ def check_uploads(component: gr.Image) -> gr.Image:
                 if width * height > MAX_IMAGE_PIXELS:
                     raise gr.Error(f"{name} has {width} x {height} pixels, more than the {MAX_IMAGE_PIXELS:,} this "
                                    "demo accepts; resize it first.")
-            return decode(payload)
+            image = decode(payload)
+            if isinstance(image, Image.Image):
+                image.load()  # decode here, where a truncated file gets its message (image_mode=None decodes lazily)
+            return image
         except (UnidentifiedImageError, Image.DecompressionBombError):
             raise gr.Error(f"{name} is not an image file this demo can read.") from None
         except (OSError, SyntaxError) as err:  # truncated or corrupted data
