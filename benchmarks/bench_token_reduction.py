@@ -23,9 +23,9 @@ import copy
 import os
 import statistics
 import sys
-import time
 
 import torch
+from bench_dtp_vit import time_round_robin
 
 from leanvision.modeling.modeling_dtp_vit import calibrate_boundary_threshold, padding_waste
 from leanvision.modeling.modeling_tome import ToMeViT
@@ -67,20 +67,6 @@ def logits_of(model, pixels):
 
 
 @torch.no_grad()
-def time_round_robin(models: dict, pixels: torch.Tensor, repeats: int) -> dict[str, list[float]]:
-    for model in models.values():
-        model(pixels)
-    names, times = list(models), {name: [] for name in models}
-    for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            models[name](pixels)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-@torch.no_grad()
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtp", required=True, help="saved DTP-ViT digits classifier (compression < 1)")
@@ -119,7 +105,8 @@ def main():
     batch_counts = counts[: args.batch]
     chunk = adaptive.config.inference_chunk_size
 
-    times = time_round_robin(models, test_pixels[: args.batch], args.repeats)
+    batch = test_pixels[: args.batch]
+    times = time_round_robin({name: (lambda model=model: model(batch)) for name, model in models.items()}, args.repeats)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores (load average "
           f"{load}), digits test split ({len(labels)} images), batch {args.batch}, {args.repeats} rounds, eval")
