@@ -836,6 +836,11 @@ calls = {
     "deep_eight_bit": lambda: pipe(eight_bit, candidate_labels=labels),
     "white": lambda: pipe(Image.new("RGB", (64, 64), "white"), candidate_labels=labels),
 }
+"""
+
+
+# Runs each named call of a fresh-interpreter script and records its answer or its error (type, message).
+FRESH_CALLS = """
 answers = {"class": type(pipe).__module__}
 for name, call in calls.items():
     try:
@@ -846,16 +851,22 @@ print(json.dumps(answers))
 """
 
 
-def _zero_shot_fresh(env):
-    if "zero_shot_fresh" not in env:
+def _fresh_answers(env, family: str, script: str) -> dict:
+    """The answers of `script` + FRESH_CALLS run once per module on `family`'s export, leanvision not importable."""
+    key = f"{family}_fresh"
+    if key not in env:
         from helpers import run_fresh
         from test_attention import ROOT
 
-        export = env["root"] / "dtp_clip-export"
-        export_model(os.path.join(ROOT, "dtp_clip"), str(export))
-        env["zero_shot_fresh"] = run_fresh(ZERO_SHOT_FRESH, env["root"], str(export), _sixteen_bit_path(env))
-        assert env["zero_shot_fresh"]["class"].startswith("transformers_modules.")
-    return env["zero_shot_fresh"]
+        export = env["root"] / f"{family}-export"
+        export_model(os.path.join(ROOT, family), str(export))
+        env[key] = run_fresh(script + FRESH_CALLS, env["root"], str(export), _sixteen_bit_path(env))
+        assert env[key]["class"].startswith("transformers_modules.")
+    return env[key]
+
+
+def _zero_shot_fresh(env):
+    return _fresh_answers(env, "dtp_clip", ZERO_SHOT_FRESH)
 
 
 def zero_shot_labels_as_one_string(env):
@@ -918,26 +929,11 @@ calls = {
     "no_images": lambda: pipe([]),
     "top_k_zero": lambda: pipe(eight_bit, top_k=0),
 }
-answers = {"class": type(pipe).__module__}
-for name, call in calls.items():
-    try:
-        answers[name] = ["ok", call()]
-    except Exception as err:
-        answers[name] = [type(err).__name__, str(err)]
-print(json.dumps(answers))
 """
 
 
 def _classify_fresh(env):
-    if "classify_fresh" not in env:
-        from helpers import run_fresh
-        from test_attention import ROOT
-
-        export = env["root"] / "dtp_vit-export"
-        export_model(os.path.join(ROOT, "dtp_vit"), str(export))
-        env["classify_fresh"] = run_fresh(CLASSIFY_FRESH, env["root"], str(export), _sixteen_bit_path(env))
-        assert env["classify_fresh"]["class"].startswith("transformers_modules.")
-    return env["classify_fresh"]
+    return _fresh_answers(env, "dtp_vit", CLASSIFY_FRESH)
 
 
 def classify_sixteen_bit_png(env):
