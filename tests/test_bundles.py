@@ -17,6 +17,7 @@ from leanvision.hub_cards.export import export_model
 from leanvision.modeling.modeling_qvision import QVisionForConditionalGeneration
 from test_attention import AUTO_CLASS, ROOT
 from test_conformance import PIPELINE_TASK, pipeline_kwargs
+from test_dtp_llava import TEXTS, _saved_tiny_model
 
 # Loads the bundle's pipeline, answers for one image, saves model + processor again (as after fine-tuning), reloads
 # the saved folder's pipeline and answers again; the last line is the JSON of both answers.
@@ -51,14 +52,34 @@ def image_path(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize("family", sorted(AUTO_CLASS))
-def test_bundle_pipeline_runs_and_a_resaved_bundle_still_loads(family, tmp_path, image_path):
-    export_model(os.path.join(ROOT, family), str(tmp_path / "export"))
-    kwargs = pipeline_kwargs(family)
-    result = run_fresh(RESAVE, tmp_path, PIPELINE_TASK[family], str(tmp_path / "export"), str(tmp_path / "resaved"),
-                       image_path, json.dumps(kwargs))
+@pytest.fixture(scope="module")
+def dtp_llava_folder(tmp_path_factory):
+    """A tiny saved DTP-LLaVA (the saved_v0_1 fixtures predate the family)."""
+    from leanvision.processing.processing_dtp_llava import DTPLlavaProcessor, add_chat_tokens
+    from leanvision.processing.processing_dtp_vit import build_image_processor
+    from leanvision.training.data.tokenizers import word_level_tokenizer
+
+    folder = tmp_path_factory.mktemp("dtp_llava")
+    _saved_tiny_model(folder, DTPLlavaProcessor(build_image_processor(32), add_chat_tokens(word_level_tokenizer(TEXTS))))
+    return str(folder)
+
+
+@pytest.mark.parametrize("family", sorted([*AUTO_CLASS, "dtp_llava"]))
+def test_bundle_pipeline_runs_and_a_resaved_bundle_still_loads(family, tmp_path, image_path, request):
+    if family == "dtp_llava":
+        source, task = request.getfixturevalue("dtp_llava_folder"), "image-text-to-text"
+        kwargs = {"text": "<|user|><image>what color is the circle?<|end|><|assistant|>", "max_new_tokens": 4,
+                  "return_full_text": False}
+    else:
+        source, task, kwargs = os.path.join(ROOT, family), PIPELINE_TASK[family], pipeline_kwargs(family)
+    export_model(source, str(tmp_path / "export"))
+    result = run_fresh(RESAVE, tmp_path, task, str(tmp_path / "export"), str(tmp_path / "resaved"), image_path,
+                       json.dumps(kwargs))
     assert result["class"].startswith("transformers_modules.")  # the bundle's own code, not an installed package
     assert result["again"] == result["first"]
+    if family == "dtp_llava":
+        assert isinstance(result["first"][0]["generated_text"], str)
+        assert (tmp_path / "resaved" / "processing_dtp_llava.py").is_file()
     if family in ("gated_sparse_blip", "qvision_multimodel"):
         assert (tmp_path / "resaved" / "pipeline_image_to_text.py").is_file()
     if family == "dtp_clip":
