@@ -7,6 +7,8 @@ import os
 import re
 import sys
 
+from packaging.requirements import Requirement
+
 from ..training.families import family_of_model_dir, load_saved
 from ..training.files import staged_folder
 from .cards import EXAMPLE_FILE, example_image, recipe_from_model_dir, render_card
@@ -21,7 +23,8 @@ _FORBIDDEN_IMPORT = re.compile(r"^\s*(?:from\s+\.\.|from\s+leanvision\b|import\s
 HANDLER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handler.py")
 PROVIDED_MODULES = frozenset({"torch", "transformers"})
 REQUIREMENTS_HEADER = (
-    "# Packages the code in this repository imports beyond torch and transformers (for Inference Endpoints).\n"
+    "# For Inference Endpoints: the transformers release this code is written for (a container may ship an older\n"
+    "# one), then the packages the code imports beyond torch and transformers.\n"
 )
 
 
@@ -114,6 +117,16 @@ def family_requirements(family) -> list[str]:
     return requirements_of([os.path.join(PACKAGE_ROOT, path) for path in bundle_sources(family)] + [HANDLER_SOURCE])
 
 
+def transformers_requirement() -> str:
+    """leanvision's own transformers range (pyproject.toml), such as "transformers<6,>=5.24": the bundle's code uses
+    transformers 5 APIs, so its requirements.txt pins that range."""
+    for line in importlib.metadata.requires("leanvision") or ():
+        requirement = Requirement(line)
+        if requirement.name == "transformers":
+            return str(requirement)
+    raise RuntimeError("the installed leanvision metadata declares no transformers requirement")
+
+
 def write_handler(bundle_dir: str) -> None:
     """Copies handler.py into `bundle_dir` and writes requirements.txt from the imports of every file there."""
     with open(HANDLER_SOURCE) as f:
@@ -122,7 +135,8 @@ def write_handler(bundle_dir: str) -> None:
     with open(os.path.join(bundle_dir, "handler.py"), "w") as f:
         f.write(text)
     with open(os.path.join(bundle_dir, "requirements.txt"), "w") as f:
-        f.write(REQUIREMENTS_HEADER + "".join(f"{name}\n" for name in bundle_requirements(bundle_dir)))
+        f.write(REQUIREMENTS_HEADER + transformers_requirement() + "\n"
+                + "".join(f"{name}\n" for name in bundle_requirements(bundle_dir)))
 
 
 def add_processor_auto_map(bundle_dir: str, auto_map: dict[str, str]) -> None:

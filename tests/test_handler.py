@@ -12,7 +12,10 @@ import sys
 
 import numpy as np
 import pytest
+import transformers
 from huggingface_hub.repocard import metadata_load
+from packaging.requirements import Requirement
+from packaging.version import Version
 from PIL import Image
 
 from helpers import run_fresh
@@ -132,7 +135,11 @@ def test_a_published_folder_has_the_handler_and_exactly_its_requirements(family,
     handler_tree = ast.parse((out / "handler.py").read_text())
     assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(handler_tree))
     lines = (out / "requirements.txt").read_text().splitlines()
-    requirements = [normalise(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+    pinned, *rest = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    # The transformers 5 range the package itself declares, so an endpoint container with transformers 4 upgrades.
+    assert Requirement(pinned).name == "transformers" and Version("4.57.0") not in Requirement(pinned).specifier
+    assert Version(transformers.__version__) in Requirement(pinned).specifier
+    requirements = [normalise(name) for name in rest]
     assert len(requirements) == len(set(requirements))
     assert set(requirements) == third_party_packages(out)
     assert "pillow" in requirements and "torch" not in requirements and "transformers" not in requirements
