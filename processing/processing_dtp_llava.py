@@ -24,16 +24,46 @@ DEFAULT_CHAT_TEMPLATE = (
 
 
 def add_chat_tokens(tokenizer):
-    """Adds the tokens of `DEFAULT_CHAT_TEMPLATE` (`<image>`, the role markers, `<|end|>` as eos; eos also pads when
-    the tokenizer has no pad token) to `tokenizer` as special tokens, in place; returns it. Resize the language
-    model's embeddings to `len(tokenizer)` afterwards."""
-    tokenizer.add_special_tokens(
-        {"eos_token": END_TOKEN, "additional_special_tokens": [IMAGE_TOKEN, *ROLE_TOKENS]},
-        replace_extra_special_tokens=False,
-    )
+    """Adds the chat tokens to `tokenizer` as special tokens, in place; returns it. A tokenizer with its own chat
+    template (an instruct language model's) gets `<image>` only and keeps its eos; any other gets the tokens of
+    `DEFAULT_CHAT_TEMPLATE` too (the role markers, `<|end|>` as eos). Eos also pads when the tokenizer has no pad
+    token. Resize the language model's embeddings to `len(tokenizer)` afterwards."""
+    if tokenizer.chat_template:
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
+    else:
+        tokenizer.add_special_tokens(
+            {"eos_token": END_TOKEN, "additional_special_tokens": [IMAGE_TOKEN, *ROLE_TOKENS]},
+            replace_extra_special_tokens=False,
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def text_content(content: list[dict], image_token: str = IMAGE_TOKEN) -> str:
+    """A message's content items as one string, for chat templates that read `message['content']` as a string (an
+    instruct language model's own): an image item becomes `image_token`, a text item its text, joined by newlines
+    (LLaVA's `<image>\nquestion`)."""
+    parts = []
+    for item in content:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "image":
+            parts.append(image_token)
+        elif kind == "text":
+            parts.append(item["text"])
+        else:
+            raise ValueError(f"DTP-LLaVA message content holds image and text items, got {item!r}")
+    return "\n".join(parts)
+
+
+def _image_values(messages: list[dict]) -> list:
+    """The images of a conversation's image items, in order (the keys transformers' processors read)."""
+    return [
+        item[key]
+        for message in messages if isinstance(message.get("content"), list)
+        for item in message["content"] if isinstance(item, dict) and item.get("type") == "image"
+        for key in ("image", "url", "path", "base64") if key in item
+    ]
 
 
 def _flat_images(images) -> list:
@@ -58,7 +88,9 @@ class DTPLlavaProcessor(ProcessorMixin):
     Args:
         image_processor (`CLIPImageProcessor` / `CLIPImageProcessorPil`): turns images into `pixel_values`.
         tokenizer (`PreTrainedTokenizerBase`): holds `image_token` as one token (see `add_chat_tokens`).
-        chat_template (`str`, *optional*): Jinja chat template; `DEFAULT_CHAT_TEMPLATE` when not given.
+        chat_template (`str`, *optional*): Jinja chat template; `DEFAULT_CHAT_TEMPLATE` when not given. A template
+            that reads `message['content']` as a string (an instruct language model's own) gets each content list as
+            one string (`text_content`), with `<image>` where the image item was.
         image_token (`str`, *optional*, defaults to `"<image>"`): the placeholder of one image.
     """
 
@@ -136,9 +168,40 @@ class DTPLlavaProcessor(ProcessorMixin):
             data.update(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
         return BatchFeature(data=data, tensor_type="pt")
 
+    def _reads_content_lists(self, template: str) -> bool:
+        """Whether `template` renders a list of content items itself (as `DEFAULT_CHAT_TEMPLATE` and LLaVA's
+        templates do); a text-only template fails on one or prints the list."""
+        probe = [{"role": "user", "content": [{"type": "text", "text": "probe"}]}]
+        try:
+            text = super().apply_chat_template(probe, chat_template=template, tokenize=False)
+        except Exception:  # e.g. `'<|im_start|>' + message['content']` on a list
+            return False
+        return "probe" in text and "'type'" not in text
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """transformers' `ProcessorMixin.apply_chat_template`; under a template that reads contents as strings, each
+        content list is first joined by `text_content`, and its images still go to the image processor."""
+        named = self.chat_template if isinstance(self.chat_template, dict) else {}
+        template = named.get(chat_template or "default", chat_template or self.chat_template)
+        if not isinstance(template, str) or self._reads_content_lists(template):
+            return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+        conversation = getattr(conversation, "messages", conversation)
+        batched = bool(conversation) and not isinstance(conversation[0], dict)
+        conversations = list(conversation) if batched else [conversation]
+        flat = [
+            [{**m, "content": text_content(m["content"], self.image_token)} if isinstance(m.get("content"), list)
+             else m for m in getattr(messages, "messages", messages)]
+            for messages in conversations
+        ]
+        images = [_image_values(getattr(messages, "messages", messages)) for messages in conversations]
+        if kwargs.get("tokenize") and any(images):
+            kwargs["processor_kwargs"] = {**(kwargs.get("processor_kwargs") or {}),
+                                          "images": images if batched else images[0]}
+        return super().apply_chat_template(flat if batched else flat[0], chat_template=chat_template, **kwargs)
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values"]
 
 
-__all__ = ["DEFAULT_CHAT_TEMPLATE", "DTPLlavaProcessor", "add_chat_tokens"]
+__all__ = ["DEFAULT_CHAT_TEMPLATE", "DTPLlavaProcessor", "add_chat_tokens", "text_content"]

@@ -192,7 +192,8 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
 
     From `model_name_or_path` (a saved DTP-LLaVA, e.g. stage 1's output; overrides applied); else around pretrained
     parts, `vision_backbone` (DTP-CLIP / DTP-ViT / CLIP, see `load_vision_tower`) and `text_backbone` (any causal LM
-    and its tokenizer; the chat tokens are added and its embeddings resized); else fresh from the overrides, with a
+    and its tokenizer; `add_chat_tokens` adds `<image>`, and the embeddings are resized; the processor keeps the
+    tokenizer's own chat template when it has one); else fresh from the overrides, with a
     word-level tokenizer of `train_texts` (or `tokenizer_name_or_path`). The image processor is the vision
     checkpoint's, else CLIP's at the tower size.
     """
@@ -241,4 +242,7 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
         image_processor = build_image_processor(image_size)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, DTPLlavaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    # The tokenizer's own chat template (an instruct LM's) when it has one, else DEFAULT_CHAT_TEMPLATE.
+    processor = DTPLlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                  chat_template=tokenizer.chat_template)
+    return model, processor
