@@ -292,3 +292,59 @@ def test_export_loads_without_leanvision_and_answers_chat_messages_in_the_pipeli
 
     dry = publish(str(tmp_path / "model"), "someone/tiny-dtp-llava", dry_run=True, out_dir=str(tmp_path / "dry"))
     assert "someone/tiny-dtp-llava" in (tmp_path / "dry" / "README.md").read_text() and os.path.isdir(dry)
+
+
+# Records, per rank, the eval rows this rank answers (their reference answers) and its answers.
+RECORD_ANSWERS = """
+import json, os, sys
+from leanvision.training.tasks import visual_instruction
+answer_questions = visual_instruction.answer_questions
+def recording(model, processor, rows, *args, **kwargs):
+    answers = answer_questions(model, processor, rows, *args, **kwargs)
+    with open(os.path.join(os.environ["ANSWERS"], f"rank{os.environ.get('RANK', '0')}.json"), "w") as f:
+        json.dump({"references": list(rows["answer"]), "answers": answers}, f)
+    return answers
+visual_instruction.answer_questions = recording
+from leanvision.training.train import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_answer_their_own_shards_and_gather_the_one_process_scores(tmp_path):
+    from helpers import launch_two_ranks
+    from test_captioning import setup_for
+
+    from leanvision.training.data.shapes_vqa import shapes_vqa_splits
+    from leanvision.training.tasks.visual_instruction import VisualInstructionTrainer
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training", "recipes",
+                          "dtp_llava_shapes_stage1.yaml")
+    script, answers = tmp_path / "record.py", tmp_path / "answers"
+    script.write_text(RECORD_ANSWERS)
+    answers.mkdir()
+    # 7 eval questions over 2 ranks: shards of 4 and 3, the first answered in batches of 2 (one padded batch).
+    base = [recipe, "--dataset_name", "shapes_vqa", "--max_train_samples", "8", "--max_eval_samples", "7",
+            "--generation_max_new_tokens", "3", "--output_dir", str(tmp_path / "run"), "--disable_tqdm", "true",
+            "--report_to", "none"]
+    launch_two_ranks([*base, "--max_steps", "1", "--per_device_train_batch_size", "4",
+                      "--per_device_eval_batch_size", "2"], tmp_path, script=str(script), ANSWERS=str(answers))
+    two_ranks = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    shards = [json.loads((answers / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    references = list(shapes_vqa_splits(train=0, test=7, seed=0)["test"]["answer"])
+    assert shards[0]["references"] + shards[1]["references"] == references  # each question once, in order
+    assert [len(shard["answers"]) for shard in shards] == [4, 3]
+
+    # One process, the same saved model and questions, another batch size.
+    setup, training_args = setup_for([*base, "--model_name_or_path", str(tmp_path / "run"),
+                                      "--per_device_eval_batch_size", "3"])
+    trainer = VisualInstructionTrainer(
+        model=setup.model, args=training_args, eval_dataset=setup.eval_dataset, data_collator=setup.data_collator,
+        processing_class=setup.processor, **setup.trainer_kwargs,
+    )
+    one_rank = trainer.evaluate()
+    assert trainer.last_answers == shards[0]["answers"] + shards[1]["answers"]
+    scores = [key for key in one_rank if key.startswith(("eval_vqa_", "eval_prior_"))]
+    assert "eval_vqa_accuracy" in scores and two_ranks["eval_vqa_count"] == 7
+    for key in scores:
+        assert two_ranks[key] == pytest.approx(one_rank[key], abs=1e-12), key

@@ -20,6 +20,7 @@ import logging
 import os
 
 import torch
+from accelerate.utils import gather_object
 
 from ..data.collators import ConversationCollator, conversation_messages
 from ..data.conversations import load_conversation_dataset
@@ -104,8 +105,8 @@ def score_answers(rows, answers: list[str], caption_metrics=FAST_METRICS) -> dic
 class VisualInstructionTrainer(LeanTrainer):
     """Evaluation = the teacher-forced loss on the eval conversations, then `answer_questions` on them, scored by
     `score_answers` and logged as `eval_...`, with `eval_prior_accuracy` (the question-type prior baseline of the
-    train answers) beside `eval_vqa_accuracy`. Every rank answers the whole eval set (it is small); the answers of
-    the last evaluation are in `last_answers`.
+    train answers) beside `eval_vqa_accuracy`. Each rank answers its shard of the eval set and the answers are
+    gathered, so every rank scores the whole set once; the answers of the last evaluation are in `last_answers`.
 
     Args:
         prior_baseline (`dict`, *optional*): `question_type_prior_baseline(train, eval)`.
@@ -132,10 +133,13 @@ class VisualInstructionTrainer(LeanTrainer):
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        self.last_answers = answer_questions(
-            model, self.processing_class, dataset, batch_size=self.args.per_device_eval_batch_size,
-            **self.generation_kwargs,
-        )
+        # Each rank answers its contiguous shard; gathered in rank order, the answers are in dataset order.
+        with self.accelerator.split_between_processes(list(range(len(dataset)))) as shard:
+            answers = answer_questions(
+                model, self.processing_class, dataset.select(shard), batch_size=self.args.per_device_eval_batch_size,
+                **self.generation_kwargs,
+            )
+        self.last_answers = gather_object(answers)
         model.train(was_training)
         scores = score_answers(dataset, self.last_answers, self.caption_metrics)
         if self.prior_baseline is not None:
