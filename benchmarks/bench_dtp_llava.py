@@ -15,7 +15,10 @@ Measured per setting, each "x dense" column is dense / ours from the same run:
   round-robin (one forward per setting per round, the start rotating), median over `--repeats` rounds;
 - decode: seconds per generated token after that prefill (`--decode-tokens` greedy steps with the cache), median;
 - KV cache of the image: the bytes the cache holds for the visual tokens (keys and values of every layer), read off
-  the cache object after prefill as (cache bytes with the image - cache bytes of the text alone).
+  the cache object after prefill as (cache bytes with the image - cache bytes of the text alone);
+- prefill GMACs (counted op by op on one prefill, `counted_gmacs`, eager attention), its GFLOP/s (2 x MACs / median
+  prefill time) and % GEMM: that rate over this machine's float32 GEMM rate (a 2048^3 `torch.mm` timed in the same
+  rounds).
 Targets (issue 14): at 0.25 the prefill >= 2.5x faster than dense and the image's KV cache >= 3.5x smaller.
 """
 
@@ -29,7 +32,7 @@ import time
 import torch
 from transformers import CLIPVisionConfig, Qwen2Config
 
-from bench_dtp_vit import GEMM_SIZE, gemm_call
+from bench_dtp_vit import GEMM_SIZE, counted_gmacs, gemm_call, gemm_gflops
 from leanvision.configuration.configuration_dtp_llava import DTPLlavaConfig
 from leanvision.modeling.modeling_dtp_llava import DTPLlavaForConditionalGeneration
 from leanvision.modeling.modeling_dtp_vit import DTPViTModel, dtp_vit_config_from_clip_vision
@@ -138,7 +141,9 @@ def main():
     rows = {rate: dict(zip(("tokens", "kv_bytes"), image_kv_bytes(switch.use(rate), input_ids, pixels)))
             for rate in RATES}
     for rate in RATES:  # warm-up
-        prefill(switch.use(rate), input_ids, pixels)
+        model = switch.use(rate)
+        prefill(model, input_ids, pixels)
+        rows[rate]["gmacs"] = counted_gmacs(model, lambda: prefill(model, input_ids, pixels))
     prefill_times = {rate: [] for rate in RATES}
     decode_times = {rate: [] for rate in RATES}
     gemm, gemm_times = gemm_call(), []
@@ -157,14 +162,14 @@ def main():
         print(f"round {round_index + 1}/{args.repeats} done", file=sys.stderr)
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    gemm = 2 * GEMM_SIZE**3 / statistics.median(gemm_times) / 1e9
+    gemm = gemm_gflops(gemm_times)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores "
           f"({platform.machine()}, load average {load}), float32 GEMM {gemm:.0f} GFLOP/s (timed in the same rounds), batch 1, "
           f"{QUESTION_TOKENS}-token question, {args.repeats} rounds, {args.decode_tokens} decode steps, SDPA, eval")
     print()
-    print("| compression | visual tokens | x dense | prefill (s) | x dense | decode (ms/token) | x dense "
-          "| image KV cache (MB) | x dense |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| compression | visual tokens | x dense | prefill (s) | x dense | prefill GMACs | GFLOP/s | % GEMM "
+          "| decode (ms/token) | x dense | image KV cache (MB) | x dense |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     dense_prefill = prefill_times[DENSE]
     for rate in RATES:
         row = rows[rate]
@@ -173,8 +178,10 @@ def main():
         decode_ms = statistics.median(decode_times[rate]) * 1e3
         decode_x = statistics.median(decode_times[DENSE]) * 1e3 / decode_ms
         row["prefill_x"], row["kv_x"] = speedup, rows[DENSE]["kv_bytes"] / row["kv_bytes"]
+        gflops = 2 * row["gmacs"] / prefill_s
         print(f"| {rate} | {row['tokens']} | {rows[DENSE]['tokens'] / row['tokens']:.2f} | {prefill_s:.3f} | "
-              f"{speedup:.2f} | {decode_ms:.1f} | {decode_x:.2f} | {row['kv_bytes'] / 2**20:.2f} | {row['kv_x']:.2f} |")
+              f"{speedup:.2f} | {row['gmacs']:.1f} | {gflops:.1f} | {100 * gflops / gemm:.0f} | {decode_ms:.1f} | "
+              f"{decode_x:.2f} | {row['kv_bytes'] / 2**20:.2f} | {row['kv_x']:.2f} |")
     print()
     quarter = rows["0.25"]
     for name, value, target in (("prefill", quarter["prefill_x"], 2.5), ("image KV cache", quarter["kv_x"], 3.5)):

@@ -12,13 +12,21 @@ What is timed:
   when the cache works. One row repeats the last variant with `use_cache=False` for contrast (every step then
   re-encodes the latents and re-reads the whole caption, so the per-token time grows with L).
 The models are measured in turn, pass after pass (`--passes`); each time is the fastest over the passes, each run
-after a warm-up run. Tables: absolute times, then ratios to our dense, ungated model and to BLIP.
+after a warm-up run. Tables: absolute times, then ratios to our dense, ungated model and to BLIP, then the achieved
+rate against this machine's float32 GEMM rate (a 2048^3 `torch.mm` timed before every model in every pass, fastest):
+- training step: 3 x the MACs of one training forward (the backward counted as twice the forward), counted op by op
+  (`counted_gmacs`, eager attention);
+- generation: the MACs per token (M(L) - M(1)) / (L - 1), M(L) counted on the whole generate call of L tokens, over
+  the per-token time; first token: M(1) over t(1).
+GFLOP/s = 2 x MACs / time.
 """
 
 import argparse
+import os
 import time
 
 import torch
+from bench_dtp_vit import GEMM_SIZE, counted_gmacs, gemm_call, gemm_gflops, op_profile
 from transformers import BlipConfig, BlipForConditionalGeneration
 
 from leanvision.configuration.configuration_gated_sparse_blip import GatedSparseBlipConfig
@@ -75,13 +83,25 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def captions(batch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000, VOCAB - 2, (batch, CAPTION_TOKENS), generator=generator)
+    input_ids[:, 0] = 30522
+    return input_ids
+
+
+def generate_call(model, vision_inputs: dict, length: int, use_cache: bool):
+    """Greedy generation of exactly `length` tokens for the first image (batch 1)."""
+    single = {key: value[:1] for key, value in vision_inputs.items()}
+    return lambda: model.generate(**single, max_new_tokens=length, min_new_tokens=length, do_sample=False,
+                                  num_beams=1, use_cache=use_cache)
+
+
 def measure_once(model, vision_inputs: dict, batch: int, train: bool, use_cache: bool) -> dict:
     """One timing of a training step (when `train`) and of greedy generation of exactly L tokens for each L."""
     times = {}
     if train:
-        generator = torch.Generator().manual_seed(0)
-        input_ids = torch.randint(1000, VOCAB - 2, (batch, CAPTION_TOKENS), generator=generator)
-        input_ids[:, 0] = 30522
+        input_ids = captions(batch)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         model.train()
 
@@ -93,18 +113,31 @@ def measure_once(model, vision_inputs: dict, batch: int, train: bool, use_cache:
 
         times["train_step"] = timed(train_step)
     model.eval()
-    single = {key: value[:1] for key, value in vision_inputs.items()}
     with torch.no_grad():
         for length in GENERATION_LENGTHS:
-            times[f"generate@{length}"] = timed(lambda: model.generate(
-                **single, max_new_tokens=length, min_new_tokens=length, do_sample=False, num_beams=1,
-                use_cache=use_cache,
-            ))
+            times[f"generate@{length}"] = timed(generate_call(model, vision_inputs, length, use_cache))
     return times
 
 
+def count_macs(model, vision_inputs: dict, batch: int, train: bool, use_cache: bool) -> dict:
+    """GMACs of what `measure_once` times: the training step as 3 x one training forward (backward = 2 x forward),
+    and each whole generate call."""
+    macs = {}
+    if train:
+        input_ids = captions(batch)
+        model.train()
+        macs["train_step"] = 3 * counted_gmacs(
+            model, lambda: model(**vision_inputs, input_ids=input_ids, labels=input_ids)
+        )
+    model.eval()
+    for length in GENERATION_LENGTHS:
+        macs[f"generate@{length}"] = counted_gmacs(model, generate_call(model, vision_inputs, length, use_cache))
+    return macs
+
+
 def derive(times: dict) -> dict:
-    """Training step, first generated token, and per-token time (t(L) - t(1)) / (L - 1) for each L > 1."""
+    """Training step, first generated token, and per-token value (x(L) - x(1)) / (L - 1) for each L > 1 (of times or
+    of MACs)."""
     first = times["generate@1"]
     row = {"train_step": times.get("train_step"), "first_token": first}
     for length in GENERATION_LENGTHS[1:]:
@@ -127,6 +160,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="training batch size")
     parser.add_argument("--passes", type=int, default=3,
                         help="passes over all models; each time is the fastest over the passes")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the aten op profile of one cached 32-token generate call per model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     p = PRESETS[args.preset]
@@ -142,19 +177,38 @@ def main() -> None:
     specs.append(("BLIP (transformers)", lambda: blip_model(p), pixels, True, True))
 
     # Models are measured in turn, pass after pass, so that load from other processes spreads over all of them.
+    # The GEMM is timed before every model, so it sees the same machine load; its fastest time is used, as for the
+    # models.
     best: dict[str, dict] = {}
+    gemm, gemm_times = gemm_call(), []
+    gemm()
     for index in range(args.passes):
         for name, build, inputs, train, use_cache in specs:
+            start = time.perf_counter()
+            gemm()
+            gemm_times.append(time.perf_counter() - start)
             torch.manual_seed(0)
             times = measure_once(build(), inputs, args.batch, train, use_cache)
             best[name] = {k: min(v, best.get(name, {}).get(k, v)) for k, v in times.items()}
         print(f"pass {index + 1}/{args.passes} done", flush=True)
     rows = {name: derive(times) for name, times in best.items()}
+    gemm_rate = gemm_gflops([min(gemm_times)])
+    macs = {}
+    for name, build, inputs, train, use_cache in specs:
+        torch.manual_seed(0)
+        model = build()
+        macs[name] = derive(count_macs(model, inputs, args.batch, train, use_cache))
+        if args.profile and use_cache:
+            profile = op_profile(generate_call(model.eval(), inputs, GENERATION_LENGTHS[-1], use_cache))
+            print(f"profile {name}, generate {GENERATION_LENGTHS[-1]} tokens: {profile}", flush=True)
 
     columns = list(rows["BLIP (transformers)"])
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\npreset {args.preset} (hidden {p['hidden']}, {p['layers']} text layers, {p['heads']} heads), "
           f"batch {args.batch} x {CAPTION_TOKENS} tokens for training, batch 1 for generation, "
-          f"{args.threads} thread(s), fastest of {args.passes} passes\n")
+          f"{torch.get_num_threads()} thread(s) on {os.cpu_count()} cores (load average {load}), fastest of "
+          f"{args.passes} passes; float32 GEMM ({GEMM_SIZE}^3 torch.mm, timed before every model) "
+          f"{gemm_rate:.1f} GFLOP/s\n")
     print("Times in ms:\n")
     print(markdown(rows, columns, lambda n, c, v: f"{1000 * v:.1f}"))
     dense = rows[VARIANTS[0][0]]
@@ -163,6 +217,10 @@ def main() -> None:
     print(markdown(rows, columns, lambda n, c, v: f"{v / dense[c]:.2f}x"))
     print("\nRatio to BLIP:\n")
     print(markdown(rows, columns, lambda n, c, v: f"{v / blip[c]:.2f}x"))
+    print("\nGMACs (training step: 3 x forward; generation: per token):\n")
+    print(markdown(macs, columns, lambda n, c, v: f"{v:.3f}"))
+    print(f"\nAchieved GFLOP/s (2 x MACs / time) and its share of the {gemm_rate:.1f} GFLOP/s GEMM rate:\n")
+    print(markdown(rows, columns, lambda n, c, v: f"{2 * macs[n][c] / v:.1f} ({200 * macs[n][c] / v / gemm_rate:.0f}%)"))
 
 
 if __name__ == "__main__":

@@ -13,15 +13,22 @@ batch of random images (the image encoder is part of the timed call). The (model
 round-robin, one call each per round with the starting setting rotating, so machine noise hits all alike; the
 table gives the median latency over `--repeats` rounds and the median over rounds of the per-round ratio
 peer / QVision. Target (issue 4): QVision >= 2x faster than the peer at batch 1.
+
+Achieved rate: GMACs of the whole generate call (image encoder, prefill and the 19 cached steps after it), counted
+op by op on that call (`counted_gmacs`, eager attention), x 2 / median latency, and its share of this machine's float32
+GEMM rate (a 2048^3 `torch.mm`, one more entry of the same rounds). `--profile` prints the aten ops of one batch-1
+call per model.
 """
 
 import argparse
+import functools
+import os
 import platform
 import statistics
 import sys
-import time
 
 import torch
+from bench_dtp_vit import GEMM, GEMM_SIZE, counted_gmacs, gemm_call, gemm_gflops, op_profile, time_round_robin
 from transformers import BlipConfig, BlipForConditionalGeneration
 
 from leanvision.configuration.configuration_qvision import QVisionConfig
@@ -61,29 +68,13 @@ def caption(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return sequences
 
 
-def time_round_robin(settings: dict, repeats: int) -> dict[tuple, list[float]]:
-    """Seconds per `caption` call of each (model, batch) setting, one call each per round, rotating the start."""
-    for model, pixels in settings.values():  # warm-up (and the 20-token check)
-        caption(model, pixels)
-    keys = list(settings)
-    times = {key: [] for key in keys}
-    for round_index in range(repeats):
-        shift = round_index % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            model, pixels = settings[key]
-            start = time.perf_counter()
-            caption(model, pixels)
-            times[key].append(time.perf_counter() - start)
-        print(f"round {round_index + 1}/{repeats} done", file=sys.stderr)
-    return times
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=7, help="timing rounds (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds")
+    parser.add_argument("--profile", action="store_true", help="print the aten op profile of one batch-1 call each")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,18 +89,26 @@ def main():
         print(f"built {type(model).__name__}: {params:.1f} M parameters, {image_size}px", file=sys.stderr)
 
     generator = torch.Generator().manual_seed(0)
-    settings = {}
+    calls, gmacs = {}, {}
     for batch in args.batches:
         for name, (model, image_size, _) in models.items():
-            settings[(name, batch)] = (model, torch.randn(batch, 3, image_size, image_size, generator=generator))
-    times = time_round_robin(settings, args.repeats)
+            pixels = torch.randn(batch, 3, image_size, image_size, generator=generator)
+            calls[(name, batch)] = functools.partial(caption, model, pixels)  # the first call checks the 20 tokens
+            gmacs[(name, batch)] = counted_gmacs(model, calls[(name, batch)])
+            if args.profile and batch == 1:
+                print(f"profile {name}, batch 1: {op_profile(calls[(name, batch)])}", file=sys.stderr)
+    times = time_round_robin({GEMM: gemm_call(), **calls}, args.repeats)
+    gemm = gemm_gflops(times[GEMM])
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"{args.repeats} rounds, float32, eval, greedy, {NEW_TOKENS} new tokens per caption, random weights")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores "
+          f"({platform.machine()}, load average {load}), {args.repeats} rounds, float32, eval, greedy, {NEW_TOKENS} "
+          f"new tokens per caption, random weights; float32 GEMM ({GEMM_SIZE}^3 torch.mm, timed in the same rounds) "
+          f"{gemm:.1f} GFLOP/s")
     print()
     print("| batch | model | params (M) | input | image tokens read by the decoder | latency (ms) | ms / caption "
-          "| speed-up vs peer |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| speed-up vs peer | GMACs per call | GFLOP/s | % GEMM |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     speedups = {}
     for batch in args.batches:
         peer_times = times[(PEER, batch)]
@@ -119,8 +118,10 @@ def main():
             speedup = statistics.median(p / t for p, t in zip(peer_times, times[(name, batch)]))
             speedups[(name, batch)] = speedup
             label = "QVision (GPT-Neo-125M)" if name == QVISION else "BlipForConditionalGeneration (BLIP-base, peer)"
+            gflops = 2 * gmacs[(name, batch)] / latency * 1e3
             print(f"| {batch} | {label} | {params:.1f} | {image_size}x{image_size} | {image_tokens(name, model)} | "
-                  f"{latency:.0f} | {latency / batch:.0f} | {speedup:.2f}x |")
+                  f"{latency:.0f} | {latency / batch:.0f} | {speedup:.2f}x | {gmacs[(name, batch)]:.1f} | "
+                  f"{gflops:.1f} | {100 * gflops / gemm:.0f} |")
     print()
     if 1 in args.batches:
         speedup = speedups[(QVISION, 1)]
