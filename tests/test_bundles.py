@@ -60,7 +60,8 @@ def dtp_llava_folder(tmp_path_factory):
     from leanvision.training.data.tokenizers import word_level_tokenizer
 
     folder = tmp_path_factory.mktemp("dtp_llava")
-    _saved_tiny_model(folder, DTPLlavaProcessor(build_image_processor(32), add_chat_tokens(word_level_tokenizer(TEXTS))))
+    processor = DTPLlavaProcessor(build_image_processor(32), add_chat_tokens(word_level_tokenizer(TEXTS)))
+    _saved_tiny_model(folder, processor)
     return str(folder)
 
 
