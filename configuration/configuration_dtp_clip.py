@@ -5,11 +5,12 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
+from ..configuration.configuration_common import FullSubConfigsMixin
 from ..configuration.configuration_dtp_vit import DTPViTConfig
 
 
 @strict
-class DTPCLIPConfig(PreTrainedConfig):
+class DTPCLIPConfig(FullSubConfigsMixin, PreTrainedConfig):
     r"""
     Configuration of a [`DTPCLIPModel`]: a DTP-ViT image tower and a CLIP text tower, each projected (without bias)
     to `projection_dim`, compared by cosine similarity times a learned temperature `exp(logit_scale)`.
@@ -54,14 +55,6 @@ class DTPCLIPConfig(PreTrainedConfig):
             )
         if not self.initializer_factor > 0.0:
             raise ValueError(f"DTPCLIPConfig.initializer_factor must be > 0, got {self.initializer_factor!r}")
-
-    def to_diff_dict(self) -> dict:
-        """`to_dict` minus defaults, but `vision_config` and `text_config` in full (without their local path)."""
-        diff = super().to_diff_dict()
-        full = self.to_dict()
-        for key in ("vision_config", "text_config"):
-            diff[key] = {k: v for k, v in full[key].items() if k != "_name_or_path"}
-        return diff
 
 
 __all__ = ["DTPCLIPConfig"]

@@ -4,11 +4,12 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ..configuration.configuration_common import FullSubConfigsMixin
 from ..configuration.configuration_dtp_vit import DTPViTConfig
 
 
 @strict
-class DTPLlavaConfig(PreTrainedConfig):
+class DTPLlavaConfig(FullSubConfigsMixin, PreTrainedConfig):
     r"""
     Configuration of a [`DTPLlavaForConditionalGeneration`]: DTP-ViT image tower -> multi-modal projector (LLaVA-1.5's
     MLP) -> any causal language model. Each `<image>` token of the prompt stands for one image and is replaced by that
@@ -78,14 +79,6 @@ class DTPLlavaConfig(PreTrainedConfig):
             raise ValueError(f"DTPLlavaConfig.projector_depth must be >= 1, got {self.projector_depth}")
         if self.image_token_id is not None and self.image_token_id < 0:
             raise ValueError(f"DTPLlavaConfig.image_token_id must be >= 0, got {self.image_token_id}")
-
-    def to_diff_dict(self) -> dict:
-        """`to_dict` minus defaults, but `vision_config` and `text_config` in full (without their local path)."""
-        diff = super().to_diff_dict()
-        full = self.to_dict()
-        for key in ("vision_config", "text_config"):
-            diff[key] = {k: v for k, v in full[key].items() if k != "_name_or_path"}
-        return diff
 
 
 __all__ = ["DTPLlavaConfig"]
