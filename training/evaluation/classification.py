@@ -6,15 +6,13 @@ Dataset labels are matched to the model's classes by name (`config.label2id`), s
 the classes in another order is scored correctly.
 """
 
-import os
-
 import torch
 from torch.utils.data import DataLoader
 
 from ..data.digits import digits_dataset
 from ..data.loading import evaluation_split, first_rows, label_names, load_any_dataset
 from ..inference import load_classifier, progress_bar
-from .zero_shot import ImageLabelCollator
+from .zero_shot import ImageLabelCollator, evaluation_report
 
 
 def topk_hits(probabilities: torch.Tensor, labels: torch.Tensor, ks) -> dict[int, torch.Tensor]:
@@ -83,13 +81,6 @@ def evaluate_classifier(model_dir: str, dataset_name: str, split: str | None = N
         evaluation = evaluation.map(lambda row: {label_column: names.index(str(row[label_column]))})
     scores = classifier_accuracy(model, processor, evaluation, label_ids, image_column, label_column, batch_size,
                                  top_k, progress)
-    return {
-        "model": os.path.basename(os.path.normpath(model_dir)),
-        "family": family.name,
-        "dataset": dataset_name,
-        "split": split,
-        "num_samples": len(evaluation),
-        "num_classes": model.config.num_labels,
-        "scores": scores,
-        "chance_accuracy": 1.0 / model.config.num_labels,
-    }
+    return evaluation_report(model_dir, family, dataset_name, split, len(evaluation),
+                             num_classes=model.config.num_labels, scores=scores,
+                             chance_accuracy=1.0 / model.config.num_labels)

@@ -120,13 +120,18 @@ def evaluate_zero_shot(model_dir: str, dataset_name: str, split: str | None = No
     _, model, processor = load_saved(model_dir)
     scores = zero_shot_accuracy(model, processor, evaluation, prompts, image_column=image_column,
                                 label_column=label_column, batch_size=batch_size)
+    return evaluation_report(model_dir, family, dataset_name, split, len(evaluation), prompts=prompts, scores=scores,
+                             chance_top1=1.0 / len(prompts))
+
+
+def evaluation_report(model_dir: str, family, dataset_name: str, split: str, num_samples: int, **results) -> dict:
+    """The JSON `leanvision evaluate` writes: which model (folder name only, never a local path), family, dataset,
+    split and sample count, then `results`."""
     return {
         "model": os.path.basename(os.path.normpath(model_dir)),
         "family": family.name,
         "dataset": dataset_name,
         "split": split,
-        "num_samples": len(evaluation),
-        "prompts": prompts,
-        "scores": scores,
-        "chance_top1": 1.0 / len(prompts),
+        "num_samples": num_samples,
+        **results,
     }
