@@ -1,7 +1,10 @@
-"""Token reduction on digits: dense DTP-ViT, DTP rate mode, DTP adaptive (calibrated threshold) mode and ToMe.
+"""Token reduction on digits: dense DTP-ViT, DTP rate mode, DTP adaptive (calibrated threshold) mode and ToMe; and
+DTP-CLIP zero-shot on shapes in its rate and adaptive modes.
 
     python benchmarks/bench_token_reduction.py --dtp DTP_DIR --dense DENSE_DIR [--threads 1] [--batch 128]
         [--repeats 15] [--tome-r 4 8 12 16 24] [--figure docs/token_reduction_digits.png]
+    python benchmarks/bench_token_reduction.py --task zero-shot --dtp-clip CLIP_DIR [--threads 1] [--batch 128]
+        [--repeats 15]
 
 `DTP_DIR` is a DTP-ViT classifier trained with the digits recipe (compression r < 1), `DENSE_DIR` the same recipe at
 compression 1.0. On scikit-learn's digits test split (360 images), all in eval mode, float32, under no_grad:
@@ -16,10 +19,18 @@ Columns: test accuracy; mean tokens per layer (over layers and images; a ToMe la
 attention and its MLP see); images/s at batch `--batch`, all settings timed round-robin in one run (median of
 `--repeats` rounds), with x dense the median of per-round ratios. For the adaptive mode it also prints the spread of
 per-image segment counts and the padding waste (`padding_waste`) of one padded batch against count-sorted chunks.
+
+`--task zero-shot`: `CLIP_DIR` is a DTP-CLIP trained with `training/recipes/dtp_clip_shapes.yaml`. On the 300 held-out
+images of the shapes split the recipe evaluated (generated with the training seed, read from the model's
+`leanvision_training.json`), prompted "a photo of a red circle" over the 18 classes: zero-shot top-1 / top-5 of the
+rate mode and of the adaptive mode (threshold fitted on the split's 2,000 training images, no captions), the spread of
+per-image segment counts of each, images/s of the image tower (`get_image_features`) at batch `--batch`, timed
+round-robin in one run, and the padding waste of each mode's counts.
 """
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import sys
@@ -29,13 +40,34 @@ from bench_dtp_vit import time_round_robin
 
 from leanvision.modeling.modeling_dtp_vit import calibrate_boundary_threshold, padding_waste
 from leanvision.modeling.modeling_tome import ToMeViT
+from leanvision.training.data import shapes
 from leanvision.training.data.digits import digits_dataset
+from leanvision.training.evaluation.zero_shot import zero_shot_accuracy
 from leanvision.training.inference import load_classifier
 
 
-def pixels_and_labels(processor, split) -> tuple[torch.Tensor, torch.Tensor]:
+def pixels_and_labels(processor, split, label_column: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
     images = [image.convert("RGB") for image in split["image"]]
-    return processor(images=images, return_tensors="pt")["pixel_values"], torch.tensor(split["label"])
+    return processor(images=images, return_tensors="pt")["pixel_values"], torch.tensor(split[label_column])
+
+
+def five_numbers(counts: torch.Tensor) -> str:
+    """"min / q1 / median / q3 / max" of per-image segment counts."""
+    quartiles = torch.quantile(counts.float(), torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])).tolist()
+    return " / ".join(f"{q:g}" for q in quartiles)
+
+
+def count_spread(counts: torch.Tensor, batch: int) -> str:
+    """The spread of per-image segment counts, and the padding waste of the first `batch` images padded as one batch
+    and in count-sorted chunks."""
+    batch_counts = counts[:batch]
+    return (f"segments per image min/q1/median/q3/max {five_numbers(counts)}; padding waste at "
+            f"batch {len(batch_counts)}: one padded batch {padding_waste(batch_counts):.1%}, count-sorted chunks of "
+            + ", ".join(f"{size}: {padding_waste(batch_counts, size):.1%}" for size in (64, 32, 16, 8)))
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 class ToMeClassifier(torch.nn.Module):
@@ -66,20 +98,32 @@ def logits_of(model, pixels):
     return out[0] if isinstance(out, tuple) else out.logits
 
 
-@torch.no_grad()
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtp", required=True, help="saved DTP-ViT digits classifier (compression < 1)")
-    parser.add_argument("--dense", required=True, help="saved DTP-ViT digits classifier at compression 1.0")
+    parser.add_argument("--task", choices=["digits", "zero-shot"], default="digits")
+    parser.add_argument("--dtp", help="digits: saved DTP-ViT digits classifier (compression < 1)")
+    parser.add_argument("--dense", help="digits: saved DTP-ViT digits classifier at compression 1.0")
+    parser.add_argument("--dtp-clip", help="zero-shot: saved DTP-CLIP trained with the shapes recipe")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--tome-r", type=int, nargs="+", default=[4, 8, 12, 16, 24])
-    parser.add_argument("--figure", help="write accuracy vs images/s to this PNG")
+    parser.add_argument("--figure", help="digits: write accuracy vs images/s to this PNG")
     args = parser.parse_args()
+    needed = ("dtp", "dense") if args.task == "digits" else ("dtp_clip",)
+    missing = [f"--{name.replace('_', '-')}" for name in needed if getattr(args, name) is None]
+    if missing:
+        parser.error(f"--task {args.task} needs {' and '.join(missing)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    with torch.no_grad():
+        if args.task == "digits":
+            digits(args)
+        else:
+            zero_shot(args)
 
+
+def digits(args):
     _, dtp, processor = load_classifier(args.dtp)
     _, dense, _ = load_classifier(args.dense)
     if dtp.config.compression_rate >= 1.0 or dense.config.compression_rate != 1.0:
@@ -100,22 +144,16 @@ def main():
         rows[name] = {"accuracy": (predictions == labels).float().mean().item(),
                       "tokens": mean_tokens_per_layer(name, model, test_pixels)}
     out = adaptive(test_pixels)
-    counts = out.segment_mask.sum(-1)
-    quartiles = torch.quantile(counts.float(), torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])).tolist()
-    batch_counts = counts[: args.batch]
     chunk = adaptive.config.inference_chunk_size
 
     batch = test_pixels[: args.batch]
     times = time_round_robin({name: (lambda model=model: model(batch)) for name, model in models.items()}, args.repeats)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_average()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores (load average "
           f"{load}), digits test split ({len(labels)} images), batch {args.batch}, {args.repeats} rounds, eval")
     print(f"adaptive threshold {theta:.4f} (fitted on {len(train_pixels)} training images at rate {rate}): test "
-          f"boundary rate {out.boundary_ratio.mean().item():.3f}; segments per image min/q1/median/q3/max "
-          f"{' / '.join(f'{q:g}' for q in quartiles)}; padding waste at batch {args.batch}: one padded batch "
-          f"{padding_waste(batch_counts):.1%}, count-sorted chunks of " + ", ".join(
-              f"{size}: {padding_waste(batch_counts, size):.1%}" for size in (64, 32, 16, 8)
-          ) + f" (the model's inference_chunk_size: {chunk})")
+          f"boundary rate {out.boundary_ratio.mean().item():.3f}; {count_spread(out.segment_mask.sum(-1), args.batch)} "
+          f"(the model's inference_chunk_size: {chunk})")
     print()
     print("| setting | test accuracy | mean tokens per layer | images/s | x dense [quartiles] |")
     print("|---|---|---|---|---|")
@@ -129,6 +167,57 @@ def main():
     if args.figure:
         plot(rows, args.figure, f"digits, batch {args.batch}, {torch.get_num_threads()} thread(s), load {load}")
         print(f"\nfigure: {args.figure}", file=sys.stderr)
+
+
+def training_seed(model_dir: str) -> int:
+    """The seed the model was trained with (its `leanvision_training.json`), 0 if not recorded."""
+    path = os.path.join(model_dir, "leanvision_training.json")
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("seed", 0))
+
+
+def zero_shot(args):
+    _, rate_model, processor = load_classifier(args.dtp_clip)
+    if rate_model.config.vision_config.compression_rate >= 1.0:
+        raise ValueError("--dtp-clip needs a DTP-CLIP with a pooling image tower (compression < 1)")
+    seed = training_seed(args.dtp_clip)
+    data = shapes.shapes_splits(train=2000, test=300, seed=seed, max_objects=1)
+    train_pixels, _ = pixels_and_labels(processor, data["train"], "label_id")
+    test_pixels, _ = pixels_and_labels(processor, data["test"], "label_id")
+    prompts = [shapes.prompt(label) for label in shapes.class_names()]
+
+    adaptive = copy.deepcopy(rate_model)
+    theta = calibrate_boundary_threshold(adaptive.vision_model, train_pixels)
+    rate = rate_model.config.vision_config.compression_rate
+    models = {f"DTP-CLIP rate {rate}": rate_model, f"DTP-CLIP adaptive {rate}": adaptive}
+    rows = {}
+    for name, model in models.items():
+        scores = zero_shot_accuracy(model, processor, data["test"], prompts, label_column="label_id")
+        out = model.vision_model(test_pixels)
+        rows[name] = dict(scores, counts=out.segment_mask.sum(-1), rate=out.boundary_ratio.mean().item())
+
+    batch = test_pixels[: args.batch]
+    times = time_round_robin({name: (lambda model=model: model.get_image_features(batch))
+                              for name, model in models.items()}, args.repeats)
+    first = next(iter(models))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores (load average "
+          f"{load_average()}), shapes test split of seed {seed} ({len(test_pixels)} images, 18 classes, chance top-1 "
+          f"{1 / len(prompts):.3f}), image tower at batch {len(batch)}, {args.repeats} rounds, eval")
+    print(f"adaptive threshold {theta:.4f} (fitted on {len(train_pixels)} training images at rate {rate})")
+    for name, row in rows.items():
+        print(f"- {name}: test boundary rate {row['rate']:.3f}; {count_spread(row['counts'], args.batch)}")
+    print()
+    print("| setting | zero-shot top-1 | top-5 | test boundary rate | segments per image (min / q1 / median / q3 / max) "
+          "| images/s | x rate mode [quartiles] |")
+    print("|---|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        ratios = [r / t for r, t in zip(times[first], times[name])]
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        print(f"| {name} | {row['zero_shot_top1']:.3f} | {row['zero_shot_top5']:.3f} | {row['rate']:.3f} | "
+              f"{five_numbers(row['counts'])} | {len(batch) / statistics.median(times[name]):.0f} | "
+              f"{statistics.median(ratios):.2f} [{q1:.2f}, {q3:.2f}] |")
 
 
 def plot(rows: dict, path: str, subtitle: str) -> None:
