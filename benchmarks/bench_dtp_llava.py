@@ -1,12 +1,13 @@
 """DTP-LLaVA at compression 1.0 / 0.5 / 0.25 / 0.1: what fewer visual tokens save the language model, on CPU.
 
-    python benchmarks/bench_dtp_llava.py [--repeats 5] [--decode-tokens 16] [--threads N] [--quick]
+    python benchmarks/bench_dtp_llava.py [--repeats 5] [--decode-tokens 16] [--threads N] [--tower l14-336] [--quick]
 
 Realistic shapes, random weights (eval, no_grad, float32, SDPA): a ViT-B/16 DTP tower at 224 px (196 patches, built
-as `dtp_vit_config_from_clip_vision` builds it from a CLIP ViT-B/16: 2 pre-layers + 10 shortened layers), LLaVA-1.5's
-2-layer projector and a Qwen2-0.5B-shaped language model (24 layers, width 896, 14 query / 2 key-value heads), batch
-1, one image and a 32-token question. Every setting shares one language model and projector; only the tower (its compression) is
-swapped. Compression 1.0 is the dense tower (one visual token per patch, LLaVA's own count).
+as `dtp_vit_config_from_clip_vision` builds it from a CLIP ViT-B/16: 2 pre-layers + 10 shortened layers; with
+`--tower l14-336` LLaVA-1.5's own tower shape instead, CLIP ViT-L/14 at 336 px: 576 patches, 2 + 22 layers),
+LLaVA-1.5's 2-layer projector and a Qwen2-0.5B-shaped language model (24 layers, width 896, 14 query / 2 key-value
+heads), batch 1, one image and a 32-token question. Every setting shares one language model and projector; only the
+tower (its compression) is swapped. Compression 1.0 is the dense tower (one visual token per patch, LLaVA's own count).
 
 Measured per setting, each "x dense" column is dense / ours from the same run:
 - visual tokens: what the image costs the language model's prompt (CLS dropped, LLaVA's "default" strategy);
@@ -39,7 +40,12 @@ from leanvision.modeling.modeling_dtp_vit import DTPViTModel, dtp_vit_config_fro
 
 RATES = ("1.0", "0.5", "0.25", "0.1")
 DENSE = "1.0"
-IMAGE_SIZE = 224
+# CLIP vision shapes of the tower: ViT-B/16 at 224 px (the default) and LLaVA-1.5's ViT-L/14 at 336 px.
+TOWERS = {
+    "b16-224": dict(image_size=224, patch_size=16),
+    "l14-336": dict(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                    num_attention_heads=16),
+}
 QUESTION_TOKENS = 32
 IMAGE_TOKEN_ID = 151646  # Qwen2's vocabulary has room: any id below vocab_size works
 
@@ -55,13 +61,11 @@ def qwen2_05b_config() -> Qwen2Config:
 class TowerSwitch:
     """One DTP-LLaVA (random weights, eval, SDPA) and a DTP tower per rate; `use(rate)` puts that rate's tower in."""
 
-    def __init__(self, rates=RATES):
+    def __init__(self, rates=RATES, tower="b16-224"):
         self.towers = {}
         for rate in rates:
             torch.manual_seed(0)
-            vision = dtp_vit_config_from_clip_vision(
-                CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=16), compression_rate=float(rate)
-            )
+            vision = dtp_vit_config_from_clip_vision(CLIPVisionConfig(**TOWERS[tower]), compression_rate=float(rate))
             vision._attn_implementation = "sdpa"
             self.towers[rate] = DTPViTModel(vision).eval()
         config = DTPLlavaConfig(vision_config=self.towers[DENSE].config, text_config=qwen2_05b_config(),
@@ -123,6 +127,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="timing rounds (median reported)")
     parser.add_argument("--decode-tokens", type=int, default=16, help="greedy steps timed after each prefill")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    parser.add_argument("--tower", choices=sorted(TOWERS), default="b16-224",
+                        help="the tower's CLIP shape: ViT-B/16 at 224 px, or LLaVA-1.5's ViT-L/14 at 336 px")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 4 decode steps")
     args = parser.parse_args()
     if args.quick:
@@ -130,12 +136,13 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    switch = TowerSwitch()
+    switch = TowerSwitch(tower=args.tower)
     language_params = sum(p.numel() for p in switch.model.language_model.parameters()) / 1e6
     tower_params = sum(p.numel() for p in switch.towers[DENSE].parameters()) / 1e6
     print(f"built: tower {tower_params:.1f} M, language model {language_params:.1f} M parameters", file=sys.stderr)
     torch.manual_seed(0)
-    pixels = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    image_size = TOWERS[args.tower]["image_size"]
+    pixels = torch.randn(1, 3, image_size, image_size)
     input_ids = prompt()
 
     rows = {rate: dict(zip(("tokens", "kv_bytes"), image_kv_bytes(switch.use(rate), input_ids, pixels)))
@@ -164,8 +171,9 @@ def main():
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     gemm = gemm_gflops(gemm_times)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores "
-          f"({platform.machine()}, load average {load}), float32 GEMM {gemm:.0f} GFLOP/s (timed in the same rounds), batch 1, "
-          f"{QUESTION_TOKENS}-token question, {args.repeats} rounds, {args.decode_tokens} decode steps, SDPA, eval")
+          f"({platform.machine()}, load average {load}), float32 GEMM {gemm:.0f} GFLOP/s (timed in the same rounds), "
+          f"{args.tower} tower, batch 1, {QUESTION_TOKENS}-token question, {args.repeats} rounds, "
+          f"{args.decode_tokens} decode steps, SDPA, eval")
     print()
     print("| compression | visual tokens | x dense | prefill (s) | x dense | prefill GMACs | GFLOP/s | % GEMM "
           "| decode (ms/token) | x dense | image KV cache (MB) | x dense |")
