@@ -220,7 +220,8 @@ def main() -> None:
     print("\nGMACs (training step: 3 x forward; generation: per token):\n")
     print(markdown(macs, columns, lambda n, c, v: f"{v:.3f}"))
     print(f"\nAchieved GFLOP/s (2 x MACs / time) and its share of the {gemm_rate:.1f} GFLOP/s GEMM rate:\n")
-    print(markdown(rows, columns, lambda n, c, v: f"{2 * macs[n][c] / v:.1f} ({200 * macs[n][c] / v / gemm_rate:.0f}%)"))
+    print(markdown(rows, columns,
+                   lambda n, c, v: f"{2 * macs[n][c] / v:.1f} ({200 * macs[n][c] / v / gemm_rate:.0f}%)"))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ images of the shapes split the recipe evaluated (generated with the training see
 `leanvision_training.json`), prompted "a photo of a red circle" over the 18 classes: zero-shot top-1 / top-5 of the
 rate mode and of the adaptive mode (threshold fitted on the split's 2,000 training images, no captions), the spread of
 per-image segment counts of each, images/s of the image tower (`get_image_features`) at batch `--batch`, timed
-round-robin in one run, and the padding waste of each mode's counts.
+round-robin in one run, and the padding waste of each mode's counts; and the spread of the predictor's p_t over the
+test patches (a predictor stuck at its prior has p_t ~ r everywhere).
 """
 
 import argparse
@@ -205,12 +206,15 @@ def zero_shot(args):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores (load average "
           f"{load_average()}), shapes test split of seed {seed} ({len(test_pixels)} images, 18 classes, chance top-1 "
           f"{1 / len(prompts):.3f}), image tower at batch {len(batch)}, {args.repeats} rounds, eval")
-    print(f"adaptive threshold {theta:.4f} (fitted on {len(train_pixels)} training images at rate {rate})")
+    probs = rate_model.vision_model.boundary_probabilities(test_pixels)
+    print(f"adaptive threshold {theta:.4f} (fitted on {len(train_pixels)} training images at rate {rate}); the test "
+          f"patches' p: mean {probs.mean():.4f}, std {probs.std():.4f}, median within-image std "
+          f"{probs.std(-1).median():.4f}")
     for name, row in rows.items():
         print(f"- {name}: test boundary rate {row['rate']:.3f}; {count_spread(row['counts'], args.batch)}")
     print()
-    print("| setting | zero-shot top-1 | top-5 | test boundary rate | segments per image (min / q1 / median / q3 / max) "
-          "| images/s | x rate mode [quartiles] |")
+    print("| setting | zero-shot top-1 | top-5 | test boundary rate | segments per image (min / q1 / median / q3 / "
+          "max) | images/s | x rate mode [quartiles] |")
     print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         ratios = [r / t for r, t in zip(times[first], times[name])]

@@ -25,6 +25,10 @@ class DTPViTConfig(PreTrainedConfig):
         compression_rate (`float`): prior probability of a boundary, 0 < r <= 1. A sequence of T patches keeps
             about r*T segments; r = 1 keeps every patch (no pooling, a dense ViT).
         boundary_temperature (`float`): temperature of the Gumbel-sigmoid in training (0.5 in the official code).
+        boundary_temperature_final (`float`, *optional*): when set, training anneals the temperature from
+            `boundary_temperature` at the first step to this value at the last (`BoundaryTemperatureCallback`, which
+            `training/train.py` adds); `None` keeps it constant.
+        boundary_temperature_schedule (`str`): the anneal's shape, `"linear"` or `"cosine"`.
         boundary_predictor_hidden_size (`int`, *optional*): hidden width of the boundary MLP; default 4 x
             hidden_size, the official dynamic-pooling code's `d_inner`.
         boundary_loss_weight (`float`): weight of the binomial boundary loss in the total loss.
@@ -65,6 +69,8 @@ class DTPViTConfig(PreTrainedConfig):
     num_shortened_layers: int = 10
     compression_rate: int | float = 0.5
     boundary_temperature: int | float = 0.5
+    boundary_temperature_final: int | float | None = None
+    boundary_temperature_schedule: str = "linear"
     boundary_predictor_hidden_size: int | None = None
     boundary_loss_weight: int | float = 1.0
     boundary_inference: str = "rate"
@@ -102,6 +108,15 @@ class DTPViTConfig(PreTrainedConfig):
             raise ValueError(f"DTPViTConfig.compression_rate must be in (0, 1], got {self.compression_rate!r}")
         if not self.boundary_temperature > 0.0:
             raise ValueError(f"DTPViTConfig.boundary_temperature must be > 0, got {self.boundary_temperature!r}")
+        if self.boundary_temperature_final is not None and not self.boundary_temperature_final > 0.0:
+            raise ValueError(
+                f"DTPViTConfig.boundary_temperature_final must be > 0 or None, got {self.boundary_temperature_final!r}"
+            )
+        if self.boundary_temperature_schedule not in ("linear", "cosine"):
+            raise ValueError(
+                "DTPViTConfig.boundary_temperature_schedule must be 'linear' or 'cosine', "
+                f"got {self.boundary_temperature_schedule!r}"
+            )
         if self.boundary_loss_weight < 0.0:
             raise ValueError(f"DTPViTConfig.boundary_loss_weight must be >= 0, got {self.boundary_loss_weight!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):

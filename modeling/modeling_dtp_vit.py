@@ -144,6 +144,21 @@ class DTPViTLayer(GradientCheckpointingLayer):
         return hidden_states, probs
 
 
+def annealed_temperature(start: float, final: float, progress: float, schedule: str = "linear") -> float:
+    """Gumbel temperature at training progress s in [0, 1] (clamped), from tau_0 = `start` to tau_1 = `final`:
+    linear tau(s) = tau_0 + (tau_1 - tau_0) s; cosine tau(s) = tau_1 + (tau_0 - tau_1) (1 + cos(pi s)) / 2.
+
+    The hard sample 1[soft > 0.5] = 1[logit + log u - log(1 - u) > 0] does not depend on tau: annealing changes only
+    the straight-through gradient d soft / d logit = soft (1 - soft) / tau, concentrating it on patches whose noisy
+    logit is near 0."""
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "linear":
+        return start + (final - start) * progress
+    if schedule == "cosine":
+        return final + (start - final) * (1.0 + math.cos(math.pi * progress)) / 2.0
+    raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
+
+
 class BoundaryPredictor(nn.Module):
     """Predicts which patches close a segment.
 
@@ -164,6 +179,15 @@ class BoundaryPredictor(nn.Module):
         self.act = nn.GELU()
         self.out = nn.Linear(config.boundary_predictor_hidden_size, 1, bias=False)
         self.bias = nn.Parameter(torch.zeros(1))
+
+    def anneal_temperature(self, progress: float) -> float:
+        """Sets tau for training progress s in [0, 1] (`annealed_temperature`) when the config asks for an anneal
+        (`boundary_temperature_final`); returns the temperature in use."""
+        config = self.config
+        if config.boundary_temperature_final is not None:
+            self.temperature = annealed_temperature(config.boundary_temperature, config.boundary_temperature_final,
+                                                    progress, config.boundary_temperature_schedule)
+        return self.temperature
 
     def rate_count(self, num_tokens: int) -> int:
         """k = round(prior * T), at least 1 and at most T: the boundaries the `"rate"` mode keeps per image."""
@@ -651,6 +675,7 @@ __all__ = [
     "DTPViTPreTrainedModel",
     "DTPViTModel",
     "DTPViTForImageClassification",
+    "annealed_temperature",
     "calibrate_boundary_threshold",
     "count_sorted_chunks",
     "dtp_vit_config_from_clip_vision",

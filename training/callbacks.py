@@ -313,6 +313,39 @@ class ProgressiveFreezingCallback(TrainerCallback, ExportableState):
             )
 
 
+class BoundaryTemperatureCallback(TrainerCallback):
+    """Anneals the Gumbel temperature of every DTP boundary predictor in the model with the trainer's step: before
+    each step, tau = `annealed_temperature` at progress s = global_step / (max_steps - 1), so the first step trains at
+    `boundary_temperature` and the last at `boundary_temperature_final`. A function of the step only, so a resumed
+    run continues the schedule. The temperature in use is logged as `boundary_temperature`."""
+
+    def __init__(self):
+        self.temperature = None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        progress = state.global_step / max(state.max_steps - 1, 1)
+        for module in model.modules():
+            anneal = getattr(module, "anneal_temperature", None)  # DTP's BoundaryPredictor (also in remote code)
+            if anneal is not None:
+                self.temperature = anneal(progress)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.temperature is not None:
+            logs["boundary_temperature"] = self.temperature
+            # Trainer appended this log's copy to the history before calling the callbacks.
+            if state.log_history:
+                state.log_history[-1]["boundary_temperature"] = self.temperature
+
+
+def build_temperature_callback(model) -> BoundaryTemperatureCallback | None:
+    """The anneal's callback when a boundary predictor of `model` has `boundary_temperature_final` set, else None."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if hasattr(module, "anneal_temperature") and getattr(config, "boundary_temperature_final", None) is not None:
+            return BoundaryTemperatureCallback()
+    return None
+
+
 def build_freezing_callback(value, model=None) -> ProgressiveFreezingCallback | None:
     """
     The callback for a recipe's `freezing` value (a list of phases); `None` when it is unset. Pass the
@@ -324,11 +357,13 @@ def build_freezing_callback(value, model=None) -> ProgressiveFreezingCallback | 
 
 
 __all__ = [
+    "BoundaryTemperatureCallback",
     "FreezingPhase",
     "FreezingSchedule",
     "base_trainable_names",
     "ProgressiveFreezingCallback",
     "build_freezing_callback",
+    "build_temperature_callback",
     "lowest_block_count",
     "set_peak_learning_rate",
 ]

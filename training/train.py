@@ -20,7 +20,7 @@ from leanvision.training.arguments import (
     recipe_name,
     write_training_record,
 )
-from leanvision.training.callbacks import build_freezing_callback
+from leanvision.training.callbacks import build_freezing_callback, build_temperature_callback
 from leanvision.training.families import get_family
 from leanvision.training.lora import apply_lora, write_adapter_record
 from leanvision.training.tasks import TASKS
@@ -60,7 +60,7 @@ def train(model_args, data_args, training_args, recipe: str | None = None) -> di
         processing_class=setup.processor,
         compute_metrics=setup.compute_metrics,
         preprocess_logits_for_metrics=setup.preprocess_logits_for_metrics,
-        callbacks=setup.callbacks + ([freezing] if freezing else []),
+        callbacks=setup.callbacks + [c for c in (freezing, build_temperature_callback(setup.model)) if c],
         **setup.trainer_kwargs,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
