@@ -2,6 +2,7 @@
 computations."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPImageProcessor, GPT2Tokenizer
+from transformers.utils import logging as transformers_logging
 
 from leanvision.cli import main as cli_main
 from leanvision.configuration.configuration_qvision import QVisionConfig
@@ -277,3 +279,17 @@ def test_out_dir_that_is_a_file_is_one_line_before_anything_runs(processor, imag
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert f"--out-dir {str(tmp_path / 'taken')!r} is an existing file, not a folder" in err
+
+
+def test_no_warning_that_the_eager_only_decoder_cannot_switch_attention(processor, images, tmp_path):
+    """Only the Q-Former's and the gated cross-attention's maps are drawn, so GPT-Neo (eager-only) needs no switch and
+    transformers' "does not support setting its attention implementation" warning is not shown to the user."""
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    transformers_logging.add_handler(handler)
+    try:
+        analyze(tiny_model(), processor, images[:1], str(tmp_path), captions=CAPTIONS[:1])
+    finally:
+        transformers_logging.remove_handler(handler)
+    assert not [r for r in records if "attention implementation" in r.getMessage()]

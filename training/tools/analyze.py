@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from ..files import image_files, open_image, write_json_atomically  # noqa: E402
 from .visualize import save_figure_atomically, unnormalize  # noqa: E402
@@ -222,7 +223,14 @@ def analyze(
     if captions is not None and len(captions) != len(images):
         raise ValueError(f"got {len(captions)} captions for {len(images)} images")
     model.eval()
-    model.set_attn_implementation("eager")  # attention maps come from eager attention, as in transformers
+    # Attention maps come from eager attention, as in transformers. The GPT-Neo decoder is eager-only and warns that
+    # it cannot switch; it needs no switch (its own attention is not mapped), so that warning is muted here.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model.set_attn_implementation("eager")
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     tokenizer = processor.tokenizer
     pixel_values = processor(images=images)["pixel_values"].to(model.device)
     image_outputs = model.get_image_features(pixel_values, output_attentions=True)
