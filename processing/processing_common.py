@@ -136,6 +136,13 @@ def check_images(images, do_rescale: bool = True) -> None:
                 logger.warning(RESCALED_WARNING)
 
 
+def checked_pixel_values(image_processor, images, return_tensors: str = "pt"):
+    """`image_processor(images)` (its `BatchFeature` with `pixel_values`) after `check_images`, whose float-image
+    warning follows the image processor's own `do_rescale`."""
+    check_images(images, do_rescale=getattr(image_processor, "do_rescale", True))
+    return image_processor(images, return_tensors=return_tensors)
+
+
 def check_texts(text) -> None:
     """Rejects an empty list of texts (the tokenizer would return an empty batch, or fail deep inside)."""
     if not isinstance(text, str) and len(text) == 0:
@@ -152,6 +159,6 @@ def warn_if_truncated(tokenizer, texts: list[str], limit: int | None) -> None:
 
 
 __all__ = [
-    "DEFAULT_TIMEOUT", "MAX_IMAGE_PIXELS", "check_file", "check_images", "check_texts", "load_image", "to_rgb",
-    "warn_if_truncated",
+    "DEFAULT_TIMEOUT", "MAX_IMAGE_PIXELS", "check_file", "check_images", "check_texts", "checked_pixel_values",
+    "load_image", "to_rgb", "warn_if_truncated",
 ]

@@ -2,7 +2,7 @@
 
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 
-from .processing_common import check_images, warn_if_truncated
+from .processing_common import checked_pixel_values, warn_if_truncated
 
 
 class DTPCLIPProcessor(ProcessorMixin):
@@ -63,8 +63,7 @@ class DTPCLIPProcessor(ProcessorMixin):
                 )
             )
         if images is not None:
-            check_images(images, do_rescale=getattr(self.image_processor, "do_rescale", True))
-            data.update(self.image_processor(images, return_tensors=return_tensors))
+            data.update(checked_pixel_values(self.image_processor, images, return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @property

@@ -2,7 +2,7 @@
 
 from transformers import BatchFeature, ProcessorMixin
 
-from .processing_common import check_images, warn_if_truncated
+from .processing_common import checked_pixel_values, warn_if_truncated
 
 IMAGE_TOKEN = "<image>"
 END_TOKEN = "<|end|>"
@@ -144,8 +144,7 @@ class DTPLlavaProcessor(ProcessorMixin):
         data = {}
         if images is not None:
             images = _flat_images(images)
-            check_images(images, do_rescale=getattr(self.image_processor, "do_rescale", True))
-            data.update(self.image_processor(images, return_tensors="pt"))
+            data.update(checked_pixel_values(self.image_processor, images))
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
             if not texts:

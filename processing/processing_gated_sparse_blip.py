@@ -5,7 +5,7 @@ from transformers import AutoTokenizer, BlipImageProcessorPil
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .processing_common import check_images, check_texts, warn_if_truncated
+from .processing_common import check_texts, checked_pixel_values, warn_if_truncated
 
 
 class GatedSparseBlipProcessor(ProcessorMixin):
@@ -87,8 +87,7 @@ class GatedSparseBlipProcessor(ProcessorMixin):
 
         data = {}
         if images is not None:
-            check_images(images, do_rescale=getattr(self.image_processor, "do_rescale", True))
-            data["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
+            data["pixel_values"] = checked_pixel_values(self.image_processor, images)["pixel_values"]
         if isinstance(latents, (list, tuple)):
             data["latents"], data["latent_mask"] = self.pad_latents(latents)
         elif latents is not None:

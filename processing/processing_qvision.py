@@ -2,7 +2,7 @@
 
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 
-from .processing_common import check_images, check_texts, warn_if_truncated
+from .processing_common import check_texts, checked_pixel_values, warn_if_truncated
 
 
 class QVisionProcessor(ProcessorMixin):
@@ -66,8 +66,7 @@ class QVisionProcessor(ProcessorMixin):
 
         data = {}
         if images is not None:
-            check_images(images, do_rescale=getattr(self.image_processor, "do_rescale", True))
-            data.update(self.image_processor(images, return_tensors="pt"))
+            data.update(checked_pixel_values(self.image_processor, images))
         if text is not None:
             data.update(self._encode_text(text, add_eos_token, padding, max_length, padding_side))
         return BatchFeature(data=data, tensor_type="pt")
