@@ -3,7 +3,8 @@
     python benchmarks/bench_boundary_probabilities.py DIR [DIR ...]
 
 Each DIR is a DTP-ViT digits classifier (compression r < 1), e.g. the digits recipe trained with and without Gumbel
-temperature annealing (`boundary_temperature_final`). On the 360 test images, per model:
+temperature annealing (`boundary_temperature_final`). On the 360 test images of the split the model was trained on
+(it depends on the training seed, read from the model's `leanvision_training.json`), per model:
 
 - the spread of p_t: mean, standard deviation over all test patches, and the median within-image standard deviation
   (a predictor stuck at its prior has p_t ~ r everywhere, and both are near 0);
@@ -17,7 +18,7 @@ import copy
 import os
 
 import torch
-from bench_token_reduction import five_numbers, pixels_and_labels
+from bench_token_reduction import five_numbers, pixels_and_labels, training_seed
 
 from leanvision.modeling.modeling_dtp_vit import calibrate_boundary_threshold
 from leanvision.training.data.digits import digits_dataset
@@ -36,7 +37,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model_dirs", nargs="+", help="saved DTP-ViT digits classifiers (compression < 1)")
     args = parser.parse_args()
-    data = digits_dataset()
     print("| model | prior | mean p | std p | within-image std p | rate at p > 0.5 | accuracy at p > 0.5 | rate-mode "
           "accuracy | adaptive accuracy | adaptive theta | adaptive test rate | adaptive segments (min / q1 / median / "
           "q3 / max) |")
@@ -46,6 +46,7 @@ def main():
         prior = model.config.compression_rate
         if prior >= 1.0:
             raise ValueError(f"{model_dir!r}: a pooling model (compression < 1) is needed, got {prior}")
+        data = digits_dataset(seed=training_seed(model_dir))  # the model's own split (it depends on the seed)
         train_pixels, _ = pixels_and_labels(processor, data["train"])
         test_pixels, labels = pixels_and_labels(processor, data["test"])
         probs = model.dtp_vit.boundary_probabilities(test_pixels)

@@ -129,7 +129,10 @@ def digits(args):
     _, dense, _ = load_classifier(args.dense)
     if dtp.config.compression_rate >= 1.0 or dense.config.compression_rate != 1.0:
         raise ValueError("--dtp needs a pooling model (compression < 1), --dense a model at compression 1.0")
-    data = digits_dataset()
+    seed = training_seed(args.dtp)
+    if training_seed(args.dense) != seed:
+        raise ValueError("--dtp and --dense were trained with different seeds, so on different digits splits")
+    data = digits_dataset(seed=seed)  # the split the models were trained on (it depends on the seed)
     train_pixels, _ = pixels_and_labels(processor, data["train"])
     test_pixels, labels = pixels_and_labels(processor, data["test"])
 
@@ -151,7 +154,8 @@ def digits(args):
     times = time_round_robin({name: (lambda model=model: model(batch)) for name, model in models.items()}, args.repeats)
     load = load_average()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores (load average "
-          f"{load}), digits test split ({len(labels)} images), batch {args.batch}, {args.repeats} rounds, eval")
+          f"{load}), digits test split of seed {seed} ({len(labels)} images), batch {args.batch}, {args.repeats} "
+          f"rounds, eval")
     print(f"adaptive threshold {theta:.4f} (fitted on {len(train_pixels)} training images at rate {rate}): test "
           f"boundary rate {out.boundary_ratio.mean().item():.3f}; {count_spread(out.segment_mask.sum(-1), args.batch)} "
           f"(the model's inference_chunk_size: {chunk})")
