@@ -136,3 +136,65 @@ def test_two_stage_recipes_learn_the_shapes_questions(tmp_path):
     assert metrics["eval_vqa_count"] == 200
     assert metrics["eval_vqa_accuracy"] >= 1.7 * metrics["eval_prior_accuracy"], metrics
     assert metrics["eval_vqa_accuracy_count"] >= 0.8, metrics
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    """A tiny DTP-CLIP (random weights) saved with its processor, as `leanvision train dtp_clip_shapes.yaml` saves one,
+    with the stage-1 recipe's tower widths."""
+    from leanvision.training.builders import build_dtp_clip
+
+    folder = tmp_path_factory.mktemp("dtp_clip")
+    vision = yaml.safe_load(open(STAGE1))["config_overrides"]["vision_config"]
+    args = SimpleNamespace(model_name_or_path=None, init_from_clip=None, tokenizer_name_or_path=None, image_size=None)
+    torch.manual_seed(1)
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    model, processor = build_dtp_clip(args, {"vision_config": vision, "text_config": text, "projection_dim": 32})
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_dtp_clip_tower_with_a_fresh_language_model(clip_folder):
+    """`vision_backbone` alone: the DTP-CLIP folder's image tower bitwise, a fresh language model of the overrides'
+    `text_config` with a word-level tokenizer of the texts, the folder's image processor."""
+    from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
+
+    args = SimpleNamespace(model_name_or_path=None, vision_backbone=clip_folder, text_backbone=None,
+                           tokenizer_name_or_path=None, image_size=None)
+    text_config = yaml.safe_load(open(STAGE1))["config_overrides"]["text_config"]
+    model, processor = build_dtp_llava(args, {"text_config": text_config}, ["what color is the circle ?", "red"])
+    tower = DTPCLIPModel.from_pretrained(clip_folder).vision_model.state_dict()
+    own = model.vision_tower.state_dict()
+    assert own.keys() == tower.keys() and all(torch.equal(own[key], tower[key]) for key in tower)
+    assert model.config.vision_config.compression_rate == 0.67 and model.config.vision_config.image_size == 48
+    assert model.config.text_config.hidden_size == text_config["hidden_size"]
+    assert model.config.text_config.vocab_size == len(processor.tokenizer)
+    assert processor.tokenizer.unk_token_id not in processor.tokenizer("what color is the circle ?")["input_ids"]
+    pixels = processor.image_processor(images=[torch.zeros(3, 64, 64)], return_tensors="pt")["pixel_values"]
+    assert tuple(pixels.shape[-2:]) == (48, 48)
+
+
+def test_bad_pretrained_part_combinations_are_refused(clip_folder):
+    args = SimpleNamespace(model_name_or_path=None, vision_backbone=None, text_backbone=clip_folder,
+                           tokenizer_name_or_path=None, image_size=None)
+    with pytest.raises(ValueError, match="`text_backbone` needs a `vision_backbone`"):
+        build_dtp_llava(args, {}, ["red"])
+    args.vision_backbone, args.text_backbone = clip_folder, None
+    with pytest.raises(ValueError, match="vision_config overrides apply to a CLIP checkpoint, not to a trained"):
+        build_dtp_llava(args, {"vision_config": {"compression_rate": 0.5}}, ["red"])
+
+
+def test_stage1_around_a_dtp_clip_tower_trains_only_the_projector(clip_folder, tmp_path):
+    """Stage 1 from the command line with `--vision_backbone` and the recipe's language model: the saved model's tower
+    is the DTP-CLIP folder's, bitwise, after training."""
+    from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
+
+    out = str(tmp_path / "stage1")
+    text_config = yaml.safe_load(open(STAGE1))["config_overrides"]["text_config"]
+    main([STAGE1, "--vision_backbone", clip_folder, "--config_overrides", json.dumps({"text_config": text_config}),
+          "--output_dir", out, *QUICK])
+    saved = weights(out)
+    tower = DTPCLIPModel.from_pretrained(clip_folder).vision_model.state_dict()
+    assert all(torch.equal(saved[f"vision_tower.{key}"], value) for key, value in tower.items())
+    assert json.load(open(os.path.join(out, "config.json")))["vision_config"]["compression_rate"] == 0.67

@@ -194,7 +194,8 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
     parts, `vision_backbone` (DTP-CLIP / DTP-ViT / CLIP, see `load_vision_tower`) and `text_backbone` (any causal LM
     and its tokenizer; `add_chat_tokens` adds `<image>`, and the embeddings are resized; the processor keeps the
     tokenizer's own chat template when it has one); else fresh from the overrides, with a
-    word-level tokenizer of `train_texts` (or `tokenizer_name_or_path`). The image processor is the vision
+    word-level tokenizer of `train_texts` (or `tokenizer_name_or_path`), around the `vision_backbone` tower when that
+    is given alone (a pretrained tower, the language model from scratch). The image processor is the vision
     checkpoint's, else CLIP's at the tower size.
     """
     overrides = dict(overrides)
@@ -203,12 +204,12 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
             DTPLlavaForConditionalGeneration, DTPLlavaProcessor, model_args.model_name_or_path, overrides
         )
     vision, text = model_args.vision_backbone, model_args.text_backbone
-    if vision or text:
-        if not (vision and text):
-            raise ValueError("dtp_llava needs both `vision_backbone` (DTP-CLIP / CLIP) and `text_backbone` (a causal LM)")
+    if text and not vision:
+        raise ValueError("dtp_llava: a pretrained `text_backbone` needs a `vision_backbone` (DTP-CLIP / DTP-ViT / CLIP)")
+    tower = load_vision_tower(vision, **overrides.pop("vision_config", None) or {}) if vision else None
+    if text:
         if "text_config" in overrides:
             raise ValueError("`text_config` overrides conflict with a pretrained `text_backbone`")
-        tower = load_vision_tower(vision, **overrides.pop("vision_config", None) or {})
         tokenizer = add_chat_tokens(AutoTokenizer.from_pretrained(text))
         language_model = AutoModelForCausalLM.from_pretrained(text)
         language_model.resize_token_embeddings(len(tokenizer))
@@ -217,13 +218,9 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
             image_token_id=tokenizer.convert_tokens_to_ids("<image>"), **overrides,
         )
         model = DTPLlavaForConditionalGeneration(config)
-        model.vision_tower.load_state_dict(tower.state_dict())
         model.language_model.load_state_dict(language_model.state_dict())
-        try:
-            image_processor = AutoImageProcessor.from_pretrained(vision)
-        except OSError:
-            image_processor = build_image_processor(model.config.vision_config.image_size)
     else:
+        # A fresh language model (the overrides' `text_config`), around the pretrained tower when one is given.
         if model_args.tokenizer_name_or_path:
             tokenizer = add_chat_tokens(AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path))
         else:
@@ -234,12 +231,20 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
             vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
+        if tower is not None:
+            overrides["vision_config"] = tower.config.to_dict()
         model = DTPLlavaForConditionalGeneration(
             DTPLlavaConfig(text_config=text_config, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                            **overrides)
         )
-        image_size = model_args.image_size or model.config.vision_config.image_size
-        image_processor = build_image_processor(image_size)
+    if tower is not None:
+        model.vision_tower.load_state_dict(tower.state_dict())
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(vision)
+        except OSError:
+            image_processor = build_image_processor(model.config.vision_config.image_size)
+    else:
+        image_processor = build_image_processor(model_args.image_size or model.config.vision_config.image_size)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     # The tokenizer's own chat template (an instruct LM's) when it has one, else DEFAULT_CHAT_TEMPLATE.
