@@ -18,9 +18,10 @@ import copy
 import os
 
 import torch
-from bench_token_reduction import five_numbers, pixels_and_labels, training_seed
+from bench_token_reduction import five_numbers, pixels_and_labels
 
 from leanvision.modeling.modeling_dtp_vit import calibrate_boundary_threshold
+from leanvision.training.arguments import recorded_seed
 from leanvision.training.data.digits import digits_dataset
 from leanvision.training.inference import load_classifier
 
@@ -46,7 +47,7 @@ def main():
         prior = model.config.compression_rate
         if prior >= 1.0:
             raise ValueError(f"{model_dir!r}: a pooling model (compression < 1) is needed, got {prior}")
-        data = digits_dataset(seed=training_seed(model_dir))  # the model's own split (it depends on the seed)
+        data = digits_dataset(seed=recorded_seed(model_dir))  # the model's own split (it depends on the seed)
         train_pixels, _ = pixels_and_labels(processor, data["train"])
         test_pixels, labels = pixels_and_labels(processor, data["test"])
         probs = model.dtp_vit.boundary_probabilities(test_pixels)

@@ -31,7 +31,6 @@ test patches (a predictor stuck at its prior has p_t ~ r everywhere).
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -41,6 +40,7 @@ from bench_dtp_vit import time_round_robin
 
 from leanvision.modeling.modeling_dtp_vit import calibrate_boundary_threshold, padding_waste
 from leanvision.modeling.modeling_tome import ToMeViT
+from leanvision.training.arguments import recorded_seed
 from leanvision.training.data import shapes
 from leanvision.training.data.digits import digits_dataset
 from leanvision.training.evaluation.zero_shot import zero_shot_accuracy
@@ -129,8 +129,8 @@ def digits(args):
     _, dense, _ = load_classifier(args.dense)
     if dtp.config.compression_rate >= 1.0 or dense.config.compression_rate != 1.0:
         raise ValueError("--dtp needs a pooling model (compression < 1), --dense a model at compression 1.0")
-    seed = training_seed(args.dtp)
-    if training_seed(args.dense) != seed:
+    seed = recorded_seed(args.dtp)
+    if recorded_seed(args.dense) != seed:
         raise ValueError("--dtp and --dense were trained with different seeds, so on different digits splits")
     data = digits_dataset(seed=seed)  # the split the models were trained on (it depends on the seed)
     train_pixels, _ = pixels_and_labels(processor, data["train"])
@@ -174,20 +174,11 @@ def digits(args):
         print(f"\nfigure: {args.figure}", file=sys.stderr)
 
 
-def training_seed(model_dir: str) -> int:
-    """The seed the model was trained with (its `leanvision_training.json`), 0 if not recorded."""
-    path = os.path.join(model_dir, "leanvision_training.json")
-    if not os.path.isfile(path):
-        return 0
-    with open(path) as f:
-        return int(json.load(f).get("seed", 0))
-
-
 def zero_shot(args):
     _, rate_model, processor = load_classifier(args.dtp_clip)
     if rate_model.config.vision_config.compression_rate >= 1.0:
         raise ValueError("--dtp-clip needs a DTP-CLIP with a pooling image tower (compression < 1)")
-    seed = training_seed(args.dtp_clip)
+    seed = recorded_seed(args.dtp_clip)
     data = shapes.shapes_splits(train=2000, test=300, seed=seed, max_objects=1)
     train_pixels, _ = pixels_and_labels(processor, data["train"], "label_id")
     test_pixels, _ = pixels_and_labels(processor, data["test"], "label_id")

@@ -10,7 +10,7 @@ import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ..training.arguments import TRAINING_RECORD
+from ..training.arguments import TRAINING_RECORD, recorded_seed
 
 TEMPLATE_DIR = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE_IMAGE = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/cats.png"
@@ -196,7 +196,7 @@ def example_image(model_dir: str):
     if "digits" in data:
         from ..training.data.digits import digits_dataset
 
-        return digits_dataset()["test"][0]["image"].convert("RGB")
+        return digits_dataset(seed=recorded_seed(model_dir))["test"][0]["image"].convert("RGB")
     if "shapes" in data:
         from ..training.data.shapes import make_shapes_dataset
 

@@ -4,6 +4,7 @@ direct forward pass of the saved models."""
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
 from leanvision.modeling.modeling_dtp_vit import DTPViTForImageClassification
 from leanvision.processing.processing_dtp_clip import DTPCLIPProcessor
 from leanvision.processing.processing_dtp_vit import build_image_processor
+from leanvision.training.evaluation.classification import evaluate_classifier
 from leanvision.training.data.digits import digits_dataset
 from leanvision.training.data.tokenizers import char_tokenizer
 
@@ -82,6 +84,24 @@ def test_evaluate_classifier_on_digits_equals_a_direct_forward_pass(vit_dir, tmp
     assert report["scores"]["boundary_ratio"] == pytest.approx(0.5, abs=0.05)  # rate 0.5 at inference
     assert report["chance_accuracy"] == pytest.approx(0.1)
     assert f"accuracy: {round(report['scores']['accuracy'], 4)}" in printed and "wrote" in printed
+
+
+def test_evaluate_classifier_on_digits_uses_the_models_own_split(vit_dir, tmp_path):
+    """The digits split depends on the training seed: a model trained with seed 1 is scored on seed 1's test split
+    (seed 0's would hold some of its training images)."""
+    model_dir = tmp_path / "seed1"
+    shutil.copytree(vit_dir, model_dir)
+    (model_dir / "leanvision_training.json").write_text(json.dumps({"family": "dtp_vit", "seed": 1}))
+    report = evaluate_classifier(str(model_dir), "digits", max_samples=40)
+
+    test = digits_dataset(seed=1)["test"].select(range(40))
+    assert set(test["image"][i].tobytes() for i in range(40)) != set(
+        digits_dataset()["test"][i]["image"].tobytes() for i in range(40))
+    predicted = vit_probabilities(vit_dir, list(test["image"])).argmax(-1)
+    assert report["digits_split_seed"] == 1
+    accuracy = float((predicted == torch.tensor(test["label"])).float().mean())
+    assert report["scores"]["accuracy"] == pytest.approx(accuracy)
+    assert evaluate_classifier(str(vit_dir), "digits", max_samples=5)["digits_split_seed"] == 0  # no record
 
 
 def test_evaluate_classifier_caps_top_k_and_matches_classes_by_name(vit_dir, tmp_path):

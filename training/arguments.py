@@ -318,6 +318,16 @@ BUILT_IN_DATA = {
 TRAINING_RECORD = "leanvision_training.json"
 
 
+def recorded_seed(model_dir: str) -> int:
+    """The seed of the train.py run that saved `model_dir` (its `leanvision_training.json`), 0 when it has no record.
+    The built-in digits split depends on it (`digits_dataset(seed=...)`), so a model is scored on its own test split."""
+    path = os.path.join(model_dir, TRAINING_RECORD)
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("seed") or 0)
+
+
 def write_training_record(output_dir: str, family, data_args, training_args, recipe: str | None) -> None:
     """`leanvision_training.json`: what the model card says about training. Local paths are cut to their last part."""
 

@@ -9,6 +9,7 @@ the classes in another order is scored correctly.
 import torch
 from torch.utils.data import DataLoader
 
+from ..arguments import recorded_seed
 from ..data.digits import digits_dataset
 from ..data.loading import evaluation_split, first_rows, label_names, load_any_dataset
 from ..inference import load_classifier, progress_bar
@@ -64,12 +65,14 @@ def evaluate_classifier(model_dir: str, dataset_name: str, split: str | None = N
                         image_column: str = "image", max_samples: int | None = None, batch_size: int = 64,
                         config_name: str | None = None, top_k: int = 5, progress: bool = False) -> dict:
     """Accuracy of a saved classifier on a dataset split: a JSON-ready report. `dataset_name` "digits" is
-    scikit-learn's digits test split (the split `train.py` holds out with seed 0); otherwise a Hub dataset, a
-    `save_to_disk` folder or a local image folder (class = sub-folder name)."""
+    scikit-learn's digits test split that `train.py` held out for this model (it depends on the training seed, read
+    from the model's training record and reported as `digits_split_seed`); otherwise a Hub dataset, a `save_to_disk`
+    folder or a local image folder (class = sub-folder name)."""
     family, model, processor = load_classifier(model_dir)
     if family.task != "image_classification":
         raise ValueError(f"{model_dir!r} holds a {family.name} model; classifier accuracy needs a classifier")
-    data = digits_dataset() if dataset_name == "digits" else load_any_dataset(dataset_name, config_name)
+    seed = recorded_seed(model_dir) if dataset_name == "digits" else None
+    data = digits_dataset(seed=seed) if dataset_name == "digits" else load_any_dataset(dataset_name, config_name)
     evaluation, split = evaluation_split(data, split, dataset_name)
     for column in (image_column, label_column):
         if column not in evaluation.column_names:
@@ -81,6 +84,7 @@ def evaluate_classifier(model_dir: str, dataset_name: str, split: str | None = N
         evaluation = evaluation.map(lambda row: {label_column: names.index(str(row[label_column]))})
     scores = classifier_accuracy(model, processor, evaluation, label_ids, image_column, label_column, batch_size,
                                  top_k, progress)
-    return evaluation_report(model_dir, family, dataset_name, split, len(evaluation),
-                             num_classes=model.config.num_labels, scores=scores,
-                             chance_accuracy=1.0 / model.config.num_labels)
+    report = evaluation_report(model_dir, family, dataset_name, split, len(evaluation),
+                               num_classes=model.config.num_labels, scores=scores,
+                               chance_accuracy=1.0 / model.config.num_labels)
+    return report if seed is None else {**report, "digits_split_seed": seed}
