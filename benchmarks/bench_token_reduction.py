@@ -19,6 +19,8 @@ Columns: test accuracy; mean tokens per layer (over layers and images; a ToMe la
 attention and its MLP see); images/s at batch `--batch`, all settings timed round-robin in one run (median of
 `--repeats` rounds), with x dense the median of per-round ratios. For the adaptive mode it also prints the spread of
 per-image segment counts and the padding waste (`padding_waste`) of one padded batch against count-sorted chunks.
+Both tasks also time this machine's float32 GEMM (a 2048^3 `torch.mm`) in the same rounds and print each setting's
+GMACs per image (counted on the timed batch, `counted_gmacs`), its achieved GFLOP/s and that as % of the GEMM rate.
 
 `--task zero-shot`: `CLIP_DIR` is a DTP-CLIP trained with `training/recipes/dtp_clip_shapes.yaml`. On the 300 held-out
 images of the shapes split the recipe evaluated (generated with the training seed, read from the model's
@@ -36,7 +38,7 @@ import statistics
 import sys
 
 import torch
-from bench_dtp_vit import time_round_robin
+from bench_dtp_vit import GEMM, counted_gmacs, gemm_call, gemm_gflops, time_round_robin
 
 from leanvision.modeling.modeling_dtp_vit import calibrate_boundary_threshold, padding_waste
 from leanvision.modeling.modeling_tome import ToMeViT
@@ -151,24 +153,30 @@ def digits(args):
     chunk = adaptive.config.inference_chunk_size
 
     batch = test_pixels[: args.batch]
-    times = time_round_robin({name: (lambda model=model: model(batch)) for name, model in models.items()}, args.repeats)
+    calls = {name: (lambda model=model: model(batch)) for name, model in models.items()}
+    gmacs = {name: counted_gmacs(dense, call) / len(batch) for name, call in calls.items()}  # ToMe runs dense's layers
+    times = time_round_robin({**calls, GEMM: gemm_call()}, args.repeats)
+    gemm = gemm_gflops(times[GEMM])
     load = load_average()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores (load average "
           f"{load}), digits test split of seed {seed} ({len(labels)} images), batch {args.batch}, {args.repeats} "
-          f"rounds, eval")
+          f"rounds, eval, float32 GEMM {gemm:.1f} GFLOP/s (timed in the same rounds)")
     print(f"adaptive threshold {theta:.4f} (fitted on {len(train_pixels)} training images at rate {rate}): test "
           f"boundary rate {out.boundary_ratio.mean().item():.3f}; {count_spread(out.segment_mask.sum(-1), args.batch)} "
           f"(the model's inference_chunk_size: {chunk})")
     print()
-    print("| setting | test accuracy | mean tokens per layer | images/s | x dense [quartiles] |")
-    print("|---|---|---|---|---|")
+    print("| setting | test accuracy | mean tokens per layer | GMACs per image | images/s | x dense [quartiles] "
+          "| GFLOP/s | % GEMM |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in models:
         ratios = [d / t for d, t in zip(times["dense"], times[name])]
         q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
         rows[name]["images_per_s"] = args.batch / statistics.median(times[name])
         rows[name]["speedup"] = statistics.median(ratios)
-        print(f"| {name} | {rows[name]['accuracy']:.3f} | {rows[name]['tokens']:.1f} | "
-              f"{rows[name]['images_per_s']:.0f} | {rows[name]['speedup']:.2f} [{q1:.2f}, {q3:.2f}] |")
+        gflops = 2 * gmacs[name] * rows[name]["images_per_s"]
+        print(f"| {name} | {rows[name]['accuracy']:.3f} | {rows[name]['tokens']:.1f} | {gmacs[name]:.4f} | "
+              f"{rows[name]['images_per_s']:.0f} | {rows[name]['speedup']:.2f} [{q1:.2f}, {q3:.2f}] | {gflops:.1f} | "
+              f"{100 * gflops / gemm:.0f} |")
     if args.figure:
         plot(rows, args.figure, f"digits, batch {args.batch}, {torch.get_num_threads()} thread(s), load {load}")
         print(f"\nfigure: {args.figure}", file=sys.stderr)
@@ -195,12 +203,15 @@ def zero_shot(args):
         rows[name] = dict(scores, counts=out.segment_mask.sum(-1), rate=out.boundary_ratio.mean().item())
 
     batch = test_pixels[: args.batch]
-    times = time_round_robin({name: (lambda model=model: model.get_image_features(batch))
-                              for name, model in models.items()}, args.repeats)
+    calls = {name: (lambda model=model: model.get_image_features(batch)) for name, model in models.items()}
+    gmacs = {name: counted_gmacs(models[name], call) / len(batch) for name, call in calls.items()}
+    times = time_round_robin({**calls, GEMM: gemm_call()}, args.repeats)
+    gemm = gemm_gflops(times[GEMM])
     first = next(iter(models))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} cores (load average "
           f"{load_average()}), shapes test split of seed {seed} ({len(test_pixels)} images, 18 classes, chance top-1 "
-          f"{1 / len(prompts):.3f}), image tower at batch {len(batch)}, {args.repeats} rounds, eval")
+          f"{1 / len(prompts):.3f}), image tower at batch {len(batch)}, {args.repeats} rounds, eval, float32 GEMM "
+          f"{gemm:.1f} GFLOP/s (timed in the same rounds)")
     probs = rate_model.vision_model.boundary_probabilities(test_pixels)
     print(f"adaptive threshold {theta:.4f} (fitted on {len(train_pixels)} training images at rate {rate}); the test "
           f"patches' p: mean {probs.mean():.4f}, std {probs.std():.4f}, median within-image std "
@@ -209,14 +220,16 @@ def zero_shot(args):
         print(f"- {name}: test boundary rate {row['rate']:.3f}; {count_spread(row['counts'], args.batch)}")
     print()
     print("| setting | zero-shot top-1 | top-5 | test boundary rate | segments per image (min / q1 / median / q3 / "
-          "max) | images/s | x rate mode [quartiles] |")
-    print("|---|---|---|---|---|---|---|")
+          "max) | GMACs per image | images/s | x rate mode [quartiles] | GFLOP/s | % GEMM |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         ratios = [r / t for r, t in zip(times[first], times[name])]
         q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        images_per_s = len(batch) / statistics.median(times[name])
+        gflops = 2 * gmacs[name] * images_per_s
         print(f"| {name} | {row['zero_shot_top1']:.3f} | {row['zero_shot_top5']:.3f} | {row['rate']:.3f} | "
-              f"{five_numbers(row['counts'])} | {len(batch) / statistics.median(times[name]):.0f} | "
-              f"{statistics.median(ratios):.2f} [{q1:.2f}, {q3:.2f}] |")
+              f"{five_numbers(row['counts'])} | {gmacs[name]:.4f} | {images_per_s:.0f} | "
+              f"{statistics.median(ratios):.2f} [{q1:.2f}, {q3:.2f}] | {gflops:.1f} | {100 * gflops / gemm:.0f} |")
 
 
 def plot(rows: dict, path: str, subtitle: str) -> None:
