@@ -51,6 +51,7 @@ bench: install
 	$(PY) benchmarks/bench_dtp_vit.py --threads 1
 	$(PY) benchmarks/bench_qvision.py --threads 1
 	$(PY) benchmarks/bench_gated_sparse_blip.py --preset base --threads 1
+	$(PY) benchmarks/bench_dtp_llava.py --threads 1
 
 clean:
 	rm -rf $(VENV) outputs
