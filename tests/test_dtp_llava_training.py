@@ -185,7 +185,7 @@ def test_bad_pretrained_part_combinations_are_refused(clip_folder):
         build_dtp_llava(args, {"vision_config": {"compression_rate": 0.5}}, ["red"])
 
 
-def test_stage1_around_a_dtp_clip_tower_trains_only_the_projector(clip_folder, tmp_path):
+def test_stage1_around_a_dtp_clip_tower_keeps_the_tower_bitwise(clip_folder, tmp_path):
     """Stage 1 from the command line with `--vision_backbone` and the recipe's language model: the saved model's tower
     is the DTP-CLIP folder's, bitwise, after training."""
     from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
