@@ -80,7 +80,9 @@ class ModelArguments(LoraArguments):
         default=None, metadata={"help": "dtp_clip: start both towers from this transformers CLIP checkpoint"}
     )
     vision_backbone: str | None = field(
-        default=None, metadata={"help": "qvision_multimodel: pretrained CLIP checkpoint (with text_backbone)"}
+        default=None,
+        metadata={"help": "qvision_multimodel: pretrained CLIP checkpoint (with text_backbone); dtp_llava: DTP-CLIP / "
+                          "DTP-ViT folder or CLIP checkpoint (alone: a fresh LM from text_config)"},
     )
     text_backbone: str | None = field(
         default=None, metadata={"help": "qvision_multimodel: pretrained GPT-Neo checkpoint (with vision_backbone)"}

@@ -205,7 +205,7 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
         )
     vision, text = model_args.vision_backbone, model_args.text_backbone
     if text and not vision:
-        raise ValueError("dtp_llava: a pretrained `text_backbone` needs a `vision_backbone` (DTP-CLIP / DTP-ViT / CLIP)")
+        raise ValueError("dtp_llava: a pretrained `text_backbone` needs a `vision_backbone` (DTP-CLIP, DTP-ViT, CLIP)")
     tower = load_vision_tower(vision, **overrides.pop("vision_config", None) or {}) if vision else None
     if text:
         if "text_config" in overrides:
