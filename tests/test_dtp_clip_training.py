@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tarfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from leanvision.cli import main as cli_main
 from leanvision.modeling.modeling_dtp_clip import DTPCLIPModel
 from leanvision.processing.processing_dtp_clip import DTPCLIPProcessor
 from leanvision.processing.processing_dtp_vit import build_image_processor
+from leanvision.training.builders import build_dtp_clip
 from leanvision.training.data import shapes
 from leanvision.hub_cards.export import export_model
 from leanvision.training.data.tokenizers import char_tokenizer
@@ -212,3 +214,18 @@ def test_two_rank_run_gathers_zero_shot_scores_over_every_eval_image(tmp_path):
     one_rank = json.loads((tmp_path / "one.json").read_text())["scores"]
     for name in ("zero_shot_top1", "zero_shot_top5", "boundary_ratio"):
         assert two_ranks[f"eval_{name}"] == pytest.approx(one_rank[name], abs=1e-6), name
+
+
+def test_a_fresh_text_tower_reads_as_many_characters_as_its_positions():
+    """The character tokenizer of a fresh DTP-CLIP follows `text_config.max_position_embeddings`: a longer caption
+    (three objects) is read whole instead of being cut at the tokenizer's default 64."""
+    args = SimpleNamespace(model_name_or_path=None, init_from_clip=None, tokenizer_name_or_path=None, image_size=None)
+    tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    caption = "a red circle at the top left and a blue square at the center and a green triangle at the bottom"
+    model, processor = build_dtp_clip(args, {"text_config": dict(tiny, max_position_embeddings=160)})
+    assert processor.tokenizer.model_max_length == model.config.text_config.max_position_embeddings == 160
+    ids = processor(text=[caption])["input_ids"][0]
+    assert processor.tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == caption.replace(" ", "")
+    _, default = build_dtp_clip(args, {"text_config": tiny})
+    assert default.tokenizer.model_max_length == 64
+    assert len(default(text=[caption])["input_ids"][0]) == 64  # cut: the default still holds 64

@@ -51,12 +51,12 @@ def build_dtp_clip(model_args, overrides: dict):
             raise ValueError(f"with init_from_clip only `vision_config` overrides apply, got {unknown}")
         model = DTPCLIPModel.from_clip_pretrained(model_args.init_from_clip, **overrides.get("vision_config", {}))
         return model.train(), DTPCLIPProcessor.from_clip_pretrained(model_args.init_from_clip)
+    text = dict(overrides.pop("text_config", None) or {})
     tokenizer = (
         AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
         if model_args.tokenizer_name_or_path
-        else char_tokenizer()
+        else char_tokenizer(text.get("max_position_embeddings", 64))  # reads as many characters as the tower holds
     )
-    text = dict(overrides.pop("text_config", None) or {})
     text.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id)
     text.setdefault("max_position_embeddings", min(tokenizer.model_max_length, 77))
