@@ -23,6 +23,7 @@ from leanvision.processing.processing_dtp_clip import DTPCLIPProcessor
 from leanvision.processing.processing_dtp_vit import build_image_processor
 from leanvision.training.builders import build_dtp_clip
 from leanvision.training.data import shapes
+from leanvision.training.data.image_text import load_image_text_splits
 from leanvision.hub_cards.export import export_model
 from leanvision.training.data.tokenizers import char_tokenizer
 from leanvision.training.train import main as train_main
@@ -229,3 +230,24 @@ def test_a_fresh_text_tower_reads_as_many_characters_as_its_positions():
     _, default = build_dtp_clip(args, {"text_config": tiny})
     assert default.tokenizer.model_max_length == 64
     assert len(default(text=[caption])["input_ids"][0]) == 64  # cut: the default still holds 64
+
+
+def test_built_in_shapes_scenes_have_captions_naming_every_object_and_no_zero_shot_classes():
+    """"shapes_scenes": one to three shapes per image (the images DTP-LLaVA's questions are about), each caption naming
+    every object's colour, shape and position; held-out test images; no zero-shot classes (the first object's class
+    would not name a scene)."""
+    data_args = SimpleNamespace(dataset_name="shapes_scenes", max_train_samples=90, max_eval_samples=30)
+    train, evaluation, caption_col, image_col, zero_shot = load_image_text_splits(data_args, seed=0)
+    assert (len(train), len(evaluation), caption_col, image_col, zero_shot) == (90, 30, "captions", "image", None)
+    counts = [len(colors) for colors in train["colors"]]
+    assert set(counts) == {1, 2, 3}
+    for row in train.select(range(20)):
+        for caption in row["captions"]:
+            for color, shape in zip(row["colors"], row["shapes"]):
+                assert color in caption and shape in caption, (caption, row["colors"], row["shapes"])
+    pixels = {np.asarray(image).tobytes() for image in train["image"]}
+    assert not pixels & {np.asarray(image).tobytes() for image in evaluation["image"]}
+    # The default stays the single-object set with its 18 zero-shot classes.
+    data_args.dataset_name = None
+    *_, zero_shot = load_image_text_splits(data_args, seed=0)
+    assert zero_shot[0] == "label_id" and len(zero_shot[1]) == 18

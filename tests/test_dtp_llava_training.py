@@ -183,6 +183,9 @@ def test_bad_pretrained_part_combinations_are_refused(clip_folder):
     args.vision_backbone, args.text_backbone = clip_folder, None
     with pytest.raises(ValueError, match="vision_config overrides apply to a CLIP checkpoint, not to a trained"):
         build_dtp_llava(args, {"vision_config": {"compression_rate": 0.5}}, ["red"])
+    # A language model from scratch needs its size: transformers' default Llama is 7B parameters.
+    with pytest.raises(ValueError, match="from scratch needs its size in config_overrides' `text_config`"):
+        build_dtp_llava(args, {}, ["red"])
 
 
 def test_stage1_around_a_dtp_clip_tower_keeps_the_tower_bitwise(clip_folder, tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from leanvision.training.arguments import check_output_dir, config_differences, merge_overrides
 from leanvision.training.train import main as train_main
@@ -145,3 +146,18 @@ def test_command_line_pretrained_start_replaces_the_recipes_overrides():
     assert model_args.config_overrides == {}
     model_args, _, _ = parse_args([DIGITS])
     assert model_args.config_overrides["hidden_size"] == 64
+
+
+def test_a_pretrained_part_of_dtp_llava_replaces_only_that_parts_overrides():
+    """`--vision_backbone` alone keeps the recipe's fresh language model (`text_config`) and its other settings and
+    drops only `vision_config` (the old rule dropped everything, and the language model came out at transformers'
+    default Llama size, 7B parameters); both parts, or a whole saved model, drop everything."""
+    stage1 = os.path.join(RECIPES, "dtp_llava_shapes_stage1.yaml")
+    recipe = yaml.safe_load(open(stage1))["config_overrides"]
+    model_args, _, _ = parse_args([stage1, "--vision_backbone", "some/dtp_clip"])
+    assert model_args.config_overrides == {key: value for key, value in recipe.items() if key != "vision_config"}
+    assert model_args.config_overrides["text_config"]["hidden_size"] == 128
+    model_args, _, _ = parse_args([stage1, "--vision_backbone", "some/clip", "--text_backbone", "some/instruct-lm"])
+    assert model_args.config_overrides == {}
+    model_args, _, _ = parse_args([stage1, "--model_name_or_path", "outputs/stage1"])
+    assert model_args.config_overrides == {}

@@ -263,12 +263,17 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Training
     family = get_family(model_args.family)
     base = from_json(recipe.get("config_overrides"), dict, "config_overrides", "a JSON object") or {}
     # The recipe's overrides describe the recipe's fresh model: a command line that switches to a pretrained start
-    # drops them (only its own --config_overrides apply); otherwise its overrides merge into them.
-    new_start = any(_flag_given(argv, name) for name in PRETRAINED_STARTS)
+    # drops them (only its own --config_overrides apply), or, for a start that replaces one part of the model and
+    # leaves the rest fresh (`Family.pretrained_parts`), that part's keys; otherwise its overrides merge into them.
+    starts = [name for name in PRETRAINED_STARTS if _flag_given(argv, name)]
     given = _flag_given(argv, "config_overrides")
-    if new_start and not given:
-        model_args.config_overrides = {}
-    elif base and given and not new_start:
+    if starts and not given:
+        if len(starts) == 1 and starts[0] in family.pretrained_parts:
+            replaced = family.pretrained_parts[starts[0]]
+            model_args.config_overrides = {key: value for key, value in base.items() if key not in replaced}
+        else:
+            model_args.config_overrides = {}
+    elif base and given and not starts:
         model_args.config_overrides = merge_overrides(base, model_args.config_overrides)
     check_config_overrides(family, model_args.config_overrides)
     check_ranges(data_args, training_args)

@@ -193,8 +193,8 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
     From `model_name_or_path` (a saved DTP-LLaVA, e.g. stage 1's output; overrides applied); else around pretrained
     parts, `vision_backbone` (DTP-CLIP / DTP-ViT / CLIP, see `load_vision_tower`) and `text_backbone` (any causal LM
     and its tokenizer; `add_chat_tokens` adds `<image>`, and the embeddings are resized; the processor keeps the
-    tokenizer's own chat template when it has one); else fresh from the overrides, with a
-    word-level tokenizer of `train_texts` (or `tokenizer_name_or_path`), around the `vision_backbone` tower when that
+    tokenizer's own chat template when it has one); else fresh from the overrides (their `text_config` sizes the
+    language model), with a word-level tokenizer of `train_texts` (or `tokenizer_name_or_path`), around the `vision_backbone` tower when that
     is given alone (a pretrained tower, the language model from scratch). The image processor is the vision
     checkpoint's, else CLIP's at the tower size.
     """
@@ -226,6 +226,13 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
         else:
             tokenizer = add_chat_tokens(word_level_tokenizer(train_texts))
         text_config = dict(overrides.pop("text_config", None) or {})
+        if not text_config:
+            # transformers' default LlamaConfig is a 7B model: never what a from-scratch language model should be.
+            raise ValueError(
+                "dtp_llava: a language model trained from scratch needs its size in config_overrides' `text_config` "
+                "(e.g. hidden_size, num_hidden_layers, as the shapes recipes give it), or a pretrained causal LM as "
+                "`text_backbone`"
+            )
         text_config.setdefault("model_type", "llama")
         text_config.update(
             vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -38,6 +38,9 @@ class Family:
     processor)` (see `builders.py`): with the class names for "image_classification", the training captions for
     "captioning", nothing more for "contrastive". `latent_inputs=True` marks a captioner that reads VAE latents (image data are
     then encoded once by the model's VAE before training).
+    `pretrained_parts` maps a start flag that replaces one part of a fresh model to the `config_overrides` keys it
+    replaces: given alone, the recipe's other overrides still describe the fresh rest; any other pretrained start (or
+    several) replaces them all.
     """
 
     name: str
@@ -51,6 +54,7 @@ class Family:
     processor_auto_map: dict[str, str] = field(default_factory=dict)
     custom_pipelines: dict[str, dict] = field(default_factory=dict)
     latent_inputs: bool = False
+    pretrained_parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def image_to_text_pipeline_entry(model_auto_class: str) -> dict[str, dict]:
@@ -154,6 +158,8 @@ FAMILIES: dict[str, Family] = {
         load_processor=DTPLlavaProcessor.from_pretrained,
         task="visual_instruction",
         build=build_dtp_llava,
+        # A pretrained tower alone keeps the recipe's fresh language model (its `text_config`), and vice versa.
+        pretrained_parts={"vision_backbone": ("vision_config",), "text_backbone": ("text_config",)},
         processor_auto_map={"AutoProcessor": "processing_dtp_llava.DTPLlavaProcessor"},
     ),
 }

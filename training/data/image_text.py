@@ -1,9 +1,11 @@
 """Image-text data for the contrastive task (DTP-CLIP).
 
 Sources: the built-in single-object shapes set (default; every image has five paraphrased captions; zero-shot classes
-are the 18 "<colour> <shape>" names, prompted as "a photo of a red circle"), a Hub or local dataset with an image and
-a caption column, or webdataset tar shards (LAION format: `{key}.jpg` + `{key}.txt`). An eval split with a ClassLabel
-`label_column` is also scored zero-shot with `zero_shot_template`.
+are the 18 "<colour> <shape>" names, prompted as "a photo of a red circle"), the built-in "shapes_scenes" (one to
+three shapes per image, captions naming each with its position; no zero-shot classes: a tower for DTP-LLaVA's
+questions about several objects), a Hub or local dataset with an image and a caption column, or webdataset tar shards
+(LAION format: `{key}.jpg` + `{key}.txt`). An eval split with a ClassLabel `label_column` is also scored zero-shot
+with `zero_shot_template`.
 """
 
 import glob
@@ -14,6 +16,8 @@ from datasets import ClassLabel, load_dataset
 from ..evaluation.zero_shot import prompts_for
 from . import shapes
 from .loading import load_any_dataset, training_splits
+
+SCENES = "shapes_scenes"
 
 
 def _webdataset_shards(name: str) -> list[str]:
@@ -28,13 +32,13 @@ def load_image_text_splits(data_args, seed: int):
     The zero-shot spec is `(label_column, prompts)` for an eval split with class labels.
     """
     name = data_args.dataset_name
-    if not name:
+    if not name or name == SCENES:
         data = shapes.shapes_splits(
             train=data_args.max_train_samples or 2000, test=data_args.max_eval_samples or 300, seed=seed,
-            max_objects=1,
+            max_objects=3 if name else 1,
         )
-        prompts = [shapes.prompt(label) for label in shapes.class_names()]
-        return data["train"], data["test"], "captions", "image", ("label_id", prompts)
+        zero_shot = None if name else ("label_id", [shapes.prompt(label) for label in shapes.class_names()])
+        return data["train"], data["test"], "captions", "image", zero_shot
     shards = _webdataset_shards(name)
     data = load_dataset("webdataset", data_files={"train": shards}) if shards else load_any_dataset(
         name, data_args.dataset_config_name
