@@ -160,4 +160,4 @@ def test_a_pretrained_part_of_dtp_llava_replaces_only_that_parts_overrides():
     model_args, _, _ = parse_args([stage1, "--vision_backbone", "some/clip", "--text_backbone", "some/instruct-lm"])
     assert model_args.config_overrides == {}
     model_args, _, _ = parse_args([stage1, "--model_name_or_path", "outputs/stage1"])
-    assert model_args.config_overrides == {}
+    assert model_args.config_overrides == {} and model_args.vision_backbone is None

@@ -267,6 +267,10 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Training
     # leaves the rest fresh (`Family.pretrained_parts`), that part's keys; otherwise its overrides merge into them.
     starts = [name for name in PRETRAINED_STARTS if _flag_given(argv, name)]
     given = _flag_given(argv, "config_overrides")
+    if "model_name_or_path" in starts:
+        # A saved model is the whole start: the recipe's pretrained parts (e.g. a `vision_backbone`) do not apply.
+        for name in set(PRETRAINED_STARTS) - set(starts):
+            setattr(model_args, name, None)
     if starts and not given:
         if len(starts) == 1 and starts[0] in family.pretrained_parts:
             replaced = family.pretrained_parts[starts[0]]

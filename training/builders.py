@@ -199,11 +199,16 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
     checkpoint's, else CLIP's at the tower size.
     """
     overrides = dict(overrides)
+    vision, text = model_args.vision_backbone, model_args.text_backbone
     if model_args.model_name_or_path:
+        if vision or text:
+            raise ValueError(
+                "dtp_llava: give either `model_name_or_path` (a saved DTP-LLaVA, whole) or pretrained parts "
+                "(`vision_backbone`, `text_backbone`), not both"
+            )
         return _load_with_overrides(
             DTPLlavaForConditionalGeneration, DTPLlavaProcessor, model_args.model_name_or_path, overrides
         )
-    vision, text = model_args.vision_backbone, model_args.text_backbone
     if text and not vision:
         raise ValueError("dtp_llava: a pretrained `text_backbone` needs a `vision_backbone` (DTP-CLIP, DTP-ViT, CLIP)")
     tower = load_vision_tower(vision, **overrides.pop("vision_config", None) or {}) if vision else None
