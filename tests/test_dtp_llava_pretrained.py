@@ -180,11 +180,12 @@ def test_labels_cover_exactly_the_assistant_answers_under_the_language_models_te
         if position != previous + 1:
             spans.append(tokenizer.decode(ids[start : previous + 1]))
             start = position
-    # Each answer with the end of its turn (`<|im_end|>` stops generation); nothing of the prompts.
-    assert spans == ["red<|im_end|>\n", "a red circle at the top left<|im_end|>\n"]
+    # Each answer with the end of its turn (`<|im_end|>` stops generation); nothing of the prompts, nor the "\n" the
+    # template writes after the end token.
+    assert spans == ["red<|im_end|>", "a red circle at the top left<|im_end|>"]
     assert torch.equal(labels[labels != -100], ids[labels != -100])
     second = batch["labels"][1]
-    assert tokenizer.decode(batch["input_ids"][1][second != -100]) == "red<|im_end|>\n"
+    assert tokenizer.decode(batch["input_ids"][1][second != -100]) == "red<|im_end|>"
     assert (second[batch["attention_mask"][1] == 0] == -100).all()
 
 

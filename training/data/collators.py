@@ -119,7 +119,7 @@ class ConversationCollator:
     """Rows of LLaVA-format conversations (`data/conversations.py`) -> DTP-LLaVA batches.
 
     Each row is rendered by the processor's chat template; `labels` keep the tokens of every assistant turn (its text
-    and the end token the template closes it with) and are -100 elsewhere: prompts, image tokens, padding. A turn's
+    and the end token the template closes it with, nothing the template writes after that) and are -100 elsewhere: prompts, image tokens, padding. A turn's
     span is found by rendering the conversation up to the turn's start (with the generation prompt) and up to its
     end, whose tokens must prefix the whole conversation's. Rows are right-padded; a row longer than `max_length`
     tokens is cut at the end (an error if the cut loses its image token).
@@ -146,7 +146,13 @@ class ConversationCollator:
             end = self._tokens(messages[: index + 1])
             if input_ids[: len(start)] != start or input_ids[: len(end)] != end:
                 raise ValueError("the chat template's tokens of a conversation prefix differ from the whole's")
-            labels[len(start) : len(end)] = input_ids[len(start) : len(end)]
+            stop = len(end)
+            # The turn ends at its last end token: what a template writes after it (ChatML's "\n") is not the answer.
+            span = input_ids[len(start) : stop]
+            eos = self.processor.tokenizer.eos_token_id
+            if eos in span:
+                stop = len(start) + len(span) - span[::-1].index(eos)
+            labels[len(start) : stop] = input_ids[len(start) : stop]
         if self.max_length is not None and len(input_ids) > self.max_length:
             if self.processor.image_token_id in input_ids[self.max_length :]:
                 raise ValueError(f"a conversation's image token lies beyond max_length={self.max_length} tokens")
