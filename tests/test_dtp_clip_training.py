@@ -194,6 +194,16 @@ def test_evaluate_command_scores_zero_shot_with_a_template(tmp_path):
     assert report["scores"]["zero_shot_top5"] == 1.0  # 3 classes: always within the top 5
     assert report["scores"] == zero_shot_accuracy(model, processor, data, report["prompts"], "picture", "kind")
 
+    # The built-in shapes set takes the template too (it used to be ignored there: every template scored the same).
+    assert cli_main(["evaluate", str(out), "--dataset", "shapes", "--max-samples", "6", "--template", "{}",
+                     "--out", str(tmp_path / "shapes.json")]) == 0
+    report = json.loads((tmp_path / "shapes.json").read_text())
+    assert report["prompts"] == shapes.class_names() and report["num_samples"] == 6
+    assert cli_main(["evaluate", str(out), "--dataset", "shapes", "--max-samples", "6", "--out",
+                     str(tmp_path / "default.json")]) == 0
+    assert json.loads((tmp_path / "default.json").read_text())["prompts"] == [
+        shapes.prompt(name) for name in shapes.class_names()]
+
     with pytest.raises(ValueError, match="must contain"):
         prompts_for(names, "no slot")
     assert cli_main(["evaluate", str(out), "--dataset", str(tmp_path / "pets"), "--label-column", "picture",

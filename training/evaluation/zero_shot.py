@@ -97,7 +97,8 @@ def evaluate_zero_shot(model_dir: str, dataset_name: str, split: str | None = No
                        batch_size: int = 64, config_name: str | None = None) -> dict:
     """Zero-shot accuracy of a saved contrastive model on an image classification dataset: a JSON-ready report.
 
-    `dataset_name` "shapes" is the built-in single-object shapes test split (prompts "a photo of a red circle");
+    `dataset_name` "shapes" is the built-in single-object shapes test split (by default prompted "a photo of a red
+    circle", with `template` otherwise);
     "digits" is scikit-learn's digits test split; otherwise a Hub / local dataset with a ClassLabel column.
     """
     family = family_of_model_dir(model_dir)
@@ -106,7 +107,9 @@ def evaluate_zero_shot(model_dir: str, dataset_name: str, split: str | None = No
     if dataset_name == "shapes":
         evaluation = shapes.shapes_splits(train=0, test=max_samples or 300, seed=0, max_objects=1)["test"]
         split, label_column = "test", "label_id"
-        prompts = [shapes.prompt(label) for label in shapes.class_names()]
+        # The default template with the right article ("a photo of an orange circle"), else the given one.
+        names = shapes.class_names()
+        prompts = [shapes.prompt(name) for name in names] if template == DEFAULT_TEMPLATE else prompts_for(names, template)
     else:
         data = digits_dataset() if dataset_name == "digits" else load_any_dataset(dataset_name, config_name)
         evaluation, split = evaluation_split(data, split, dataset_name)
