@@ -27,6 +27,7 @@ def test_evaluate_prints_spice_only_when_requested_and_no_tokenizer_line(tmp_pat
     assert "bleu_4: " in out and "cider: " in out
     assert "spice" not in out + err and "None" not in out
     assert "PTBTokenizer" not in err  # the Java tokenizer's line to fd 2
+    assert "Loading weights" not in err  # transformers' load bar, noise for a local folder
 
     assert cli_main(["evaluate", str(tmp_path / "gsb"), "--dataset", "shapes", "--max-samples", "3", "--metrics",
                      "bleu,spice", "--max-new-tokens", "4"]) == 0

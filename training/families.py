@@ -191,13 +191,21 @@ def load_saved(model_dir: str) -> tuple[Family, object, object]:
     from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
 
+    from transformers.utils import logging as transformers_logging
+
     family = family_of_model_dir(model_dir)
+    # No "Loading weights" bar on the tools' console: a local folder loads in a blink.
+    bar = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
         model = family.model_class.from_pretrained(model_dir).eval()
     except SafetensorError as err:
         raise ValueError(f"the weights in {model_dir!r} (model.safetensors) are corrupted or incomplete: {err}") from None
     except StrictDataclassError as err:
         raise ValueError(f"config.json in {model_dir!r} is invalid: {' '.join(str(err).split())}") from None
+    finally:
+        if bar:
+            transformers_logging.enable_progress_bar()
     try:
         processor = family.load_processor(model_dir)
     except OSError as err:
