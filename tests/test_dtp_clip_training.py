@@ -246,7 +246,8 @@ def test_built_in_shapes_scenes_have_captions_naming_every_object_and_no_zero_sh
     """"shapes_scenes": one to three shapes per image (the images DTP-LLaVA's questions are about), each caption naming
     every object's colour, shape and position; held-out test images; no zero-shot classes (the first object's class
     would not name a scene)."""
-    data_args = SimpleNamespace(dataset_name="shapes_scenes", max_train_samples=90, max_eval_samples=30)
+    data_args = SimpleNamespace(dataset_name="shapes_scenes", max_train_samples=90, max_eval_samples=30,
+                                zero_shot_template="a photo of a {}")
     train, evaluation, caption_col, image_col, zero_shot = load_image_text_splits(data_args, seed=0)
     assert (len(train), len(evaluation), caption_col, image_col, zero_shot) == (90, 30, "captions", "image", None)
     counts = [len(colors) for colors in train["colors"]]
@@ -257,7 +258,12 @@ def test_built_in_shapes_scenes_have_captions_naming_every_object_and_no_zero_sh
                 assert color in caption and shape in caption, (caption, row["colors"], row["shapes"])
     pixels = {np.asarray(image).tobytes() for image in train["image"]}
     assert not pixels & {np.asarray(image).tobytes() for image in evaluation["image"]}
-    # The default stays the single-object set with its 18 zero-shot classes.
+    # The default stays the single-object set with its 18 zero-shot classes, prompted with `zero_shot_template` (it
+    # used to be ignored for this set).
     data_args.dataset_name = None
     *_, zero_shot = load_image_text_splits(data_args, seed=0)
-    assert zero_shot[0] == "label_id" and len(zero_shot[1]) == 18
+    assert zero_shot == ("label_id", [shapes.prompt(name) for name in shapes.class_names()])
+    assert zero_shot[1][:2] == ["a photo of a red circle", "a photo of a red square"]
+    data_args.zero_shot_template = "{} shape"
+    *_, zero_shot = load_image_text_splits(data_args, seed=0)
+    assert zero_shot[1] == [f"{name} shape" for name in shapes.class_names()]

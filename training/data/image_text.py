@@ -1,7 +1,7 @@
 """Image-text data for the contrastive task (DTP-CLIP).
 
 Sources: the built-in single-object shapes set (default; every image has five paraphrased captions; zero-shot classes
-are the 18 "<colour> <shape>" names, prompted as "a photo of a red circle"), the built-in "shapes_scenes" (one to
+are the 18 "<colour> <shape>" names, prompted with `zero_shot_template`, by default "a photo of a red circle"), the built-in "shapes_scenes" (one to
 three shapes per image, captions naming each with its position; no zero-shot classes: a tower for DTP-LLaVA's
 questions about several objects), a Hub or local dataset with an image and a caption column, or webdataset tar shards
 (LAION format: `{key}.jpg` + `{key}.txt`). An eval split with a ClassLabel `label_column` is also scored zero-shot
@@ -13,7 +13,7 @@ import os
 
 from datasets import ClassLabel, load_dataset
 
-from ..evaluation.zero_shot import prompts_for
+from ..evaluation.zero_shot import prompts_for, shapes_prompts
 from . import shapes
 from .loading import load_any_dataset, training_splits
 
@@ -37,7 +37,7 @@ def load_image_text_splits(data_args, seed: int):
             train=data_args.max_train_samples or 2000, test=data_args.max_eval_samples or 300, seed=seed,
             max_objects=3 if name else 1,
         )
-        zero_shot = None if name else ("label_id", [shapes.prompt(label) for label in shapes.class_names()])
+        zero_shot = None if name else ("label_id", shapes_prompts(data_args.zero_shot_template))
         return data["train"], data["test"], "captions", "image", zero_shot
     shards = _webdataset_shards(name)
     data = load_dataset("webdataset", data_files={"train": shards}) if shards else load_any_dataset(

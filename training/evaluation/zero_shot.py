@@ -92,6 +92,13 @@ def zero_shot_accuracy(model, processor, dataset, prompts: list[str], image_colu
     return result
 
 
+def shapes_prompts(template: str = DEFAULT_TEMPLATE) -> list[str]:
+    """The prompts of the built-in shapes classes: the default template with the right article ("a photo of an orange
+    circle"), any other template filled as given."""
+    names = shapes.class_names()
+    return [shapes.prompt(name) for name in names] if template == DEFAULT_TEMPLATE else prompts_for(names, template)
+
+
 def evaluate_zero_shot(model_dir: str, dataset_name: str, split: str | None = None, template: str = DEFAULT_TEMPLATE,
                        label_column: str = "label", image_column: str = "image", max_samples: int | None = None,
                        batch_size: int = 64, config_name: str | None = None) -> dict:
@@ -107,9 +114,7 @@ def evaluate_zero_shot(model_dir: str, dataset_name: str, split: str | None = No
     if dataset_name == "shapes":
         evaluation = shapes.shapes_splits(train=0, test=max_samples or 300, seed=0, max_objects=1)["test"]
         split, label_column = "test", "label_id"
-        # The default template with the right article ("a photo of an orange circle"), else the given one.
-        names = shapes.class_names()
-        prompts = [shapes.prompt(name) for name in names] if template == DEFAULT_TEMPLATE else prompts_for(names, template)
+        prompts = shapes_prompts(template)
     else:
         data = digits_dataset() if dataset_name == "digits" else load_any_dataset(dataset_name, config_name)
         evaluation, split = evaluation_split(data, split, dataset_name)
