@@ -161,3 +161,22 @@ def test_a_pretrained_part_of_dtp_llava_replaces_only_that_parts_overrides():
     assert model_args.config_overrides == {}
     model_args, _, _ = parse_args([stage1, "--model_name_or_path", "outputs/stage1"])
     assert model_args.config_overrides == {} and model_args.vision_backbone is None
+
+
+def test_a_pretrained_start_that_cannot_be_found_is_named_before_anything_is_built(tmp_path, monkeypatch):
+    """A missing folder, or (offline) a Hub id that is no folder and not cached: one ValueError naming the argument,
+    before any model is built (it used to end in transformers' OSError traceback)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    stage1 = os.path.join(RECIPES, "dtp_llava_shapes_stage1.yaml")
+    stage2 = os.path.join(RECIPES, "dtp_llava_shapes_stage2.yaml")
+    out = ["--output_dir", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match=r"model_name_or_path '.*missing_stage1': no such folder"):
+        train_main([stage2, "--model_name_or_path", str(tmp_path / "missing_stage1"), *out])
+    with pytest.raises(ValueError, match="vision_backbone 'outputs/no_tower' is neither a local folder nor in the "
+                                         "Hub cache, and offline mode is on"):
+        train_main([stage1, "--vision_backbone", "outputs/no_tower", *out])
+    with pytest.raises(ValueError, match="tokenizer_name_or_path './no_tokenizer': no such folder"):
+        train_main([stage1, "--tokenizer_name_or_path", "./no_tokenizer", *out])
+    assert not (tmp_path / "run").exists()

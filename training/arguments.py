@@ -284,6 +284,28 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Training
     return model_args, data_args, training_args
 
 
+def check_pretrained_sources(model_args) -> None:
+    """Refuses a pretrained start that cannot be found, before anything is built: a path (absolute, `./`, `~`, or
+    more than one `/`) that is no folder, or, with HF_HUB_OFFLINE=1, a Hub id that is neither a local folder nor in
+    the Hub cache."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    for name in (*PRETRAINED_STARTS, "tokenizer_name_or_path", "vae_name_or_path"):
+        value = getattr(model_args, name, None)
+        if not value or os.path.isdir(os.path.expanduser(value)):
+            continue
+        if os.path.isabs(value) or value.startswith((".", "~")) or value.count("/") > 1:
+            raise ValueError(f"{name} {value!r}: no such folder")
+        if name in PRETRAINED_STARTS and constants.HF_HUB_OFFLINE and not isinstance(
+            try_to_load_from_cache(value, "config.json"), str
+        ):
+            raise ValueError(
+                f"{name} {value!r} is neither a local folder nor in the Hub cache, and offline mode is on "
+                f"(HF_HUB_OFFLINE=1): give a local folder (a recipe's earlier step writes it, e.g. outputs/...), or "
+                f"download it first while online"
+            )
+
+
 def check_output_dir(training_args) -> None:
     """Refuses an `output_dir` that is a file, or a non-empty folder unless `overwrite_output_dir` or
     `resume_from_checkpoint` is set."""

@@ -15,6 +15,7 @@ from transformers import set_seed
 
 from leanvision.training.arguments import (
     check_output_dir,
+    check_pretrained_sources,
     config_differences,
     parse_args,
     recipe_name,
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, training_args = parse_args(argv)
     check_output_dir(training_args)
+    check_pretrained_sources(model_args)
     return train(model_args, data_args, training_args, recipe=recipe_name(argv))
 
 
