@@ -194,9 +194,9 @@ def build_dtp_llava(model_args, overrides: dict, train_texts: list[str]):
     parts, `vision_backbone` (DTP-CLIP / DTP-ViT / CLIP, see `load_vision_tower`) and `text_backbone` (any causal LM
     and its tokenizer; `add_chat_tokens` adds `<image>`, and the embeddings are resized; the processor keeps the
     tokenizer's own chat template when it has one); else fresh from the overrides (their `text_config` sizes the
-    language model), with a word-level tokenizer of `train_texts` (or `tokenizer_name_or_path`), around the `vision_backbone` tower when that
-    is given alone (a pretrained tower, the language model from scratch). The image processor is the vision
-    checkpoint's, else CLIP's at the tower size.
+    language model), with a word-level tokenizer of `train_texts` (or `tokenizer_name_or_path`), around the
+    `vision_backbone` tower when that is given alone (a pretrained tower, the language model from scratch). The image
+    processor is the vision checkpoint's, else CLIP's at the tower size.
     """
     overrides = dict(overrides)
     vision, text = model_args.vision_backbone, model_args.text_backbone

@@ -158,8 +158,8 @@ FAMILIES: dict[str, Family] = {
         load_processor=DTPLlavaProcessor.from_pretrained,
         task="visual_instruction",
         build=build_dtp_llava,
-        # A pretrained tower alone keeps the recipe's fresh language model (its `text_config`), and vice versa.
-        pretrained_parts={"vision_backbone": ("vision_config",), "text_backbone": ("text_config",)},
+        # A pretrained tower alone keeps the recipe's fresh language model (its `text_config`).
+        pretrained_parts={"vision_backbone": ("vision_config",)},
         processor_auto_map={"AutoProcessor": "processing_dtp_llava.DTPLlavaProcessor"},
     ),
 }
@@ -190,7 +190,6 @@ def load_saved(model_dir: str) -> tuple[Family, object, object]:
     corrupted weights file and for missing processor files."""
     from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
-
     from transformers.utils import logging as transformers_logging
 
     family = family_of_model_dir(model_dir)
