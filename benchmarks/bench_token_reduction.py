@@ -45,7 +45,7 @@ from leanvision.modeling.modeling_tome import ToMeViT
 from leanvision.training.arguments import recorded_seed
 from leanvision.training.data import shapes
 from leanvision.training.data.digits import digits_dataset
-from leanvision.training.evaluation.zero_shot import zero_shot_accuracy
+from leanvision.training.evaluation.zero_shot import shapes_prompts, zero_shot_accuracy
 from leanvision.training.inference import load_classifier
 
 
@@ -190,7 +190,7 @@ def zero_shot(args):
     data = shapes.shapes_splits(train=2000, test=300, seed=seed, max_objects=1)
     train_pixels, _ = pixels_and_labels(processor, data["train"], "label_id")
     test_pixels, _ = pixels_and_labels(processor, data["test"], "label_id")
-    prompts = [shapes.prompt(label) for label in shapes.class_names()]
+    prompts = shapes_prompts()
 
     adaptive = copy.deepcopy(rate_model)
     theta = calibrate_boundary_threshold(adaptive.vision_model, train_pixels)

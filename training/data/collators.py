@@ -119,10 +119,10 @@ class ConversationCollator:
     """Rows of LLaVA-format conversations (`data/conversations.py`) -> DTP-LLaVA batches.
 
     Each row is rendered by the processor's chat template; `labels` keep the tokens of every assistant turn (its text
-    and the end token the template closes it with, nothing the template writes after that) and are -100 elsewhere: prompts, image tokens, padding. A turn's
-    span is found by rendering the conversation up to the turn's start (with the generation prompt) and up to its
-    end, whose tokens must prefix the whole conversation's. Rows are right-padded; a row longer than `max_length`
-    tokens is cut at the end (an error if the cut loses its image token).
+    and the end token the template closes it with, nothing the template writes after that) and are -100 elsewhere:
+    prompts, image tokens, padding. A turn's span is found by rendering the conversation up to the turn's start (with
+    the generation prompt) and up to its end, whose tokens must prefix the whole conversation's. Rows are
+    right-padded; a row longer than `max_length` tokens is cut at the end (an error if the cut loses its image token).
     """
 
     def __init__(self, processor, image_column: str = "image", max_length: int | None = None):

@@ -1,11 +1,11 @@
 """Image-text data for the contrastive task (DTP-CLIP).
 
 Sources: the built-in single-object shapes set (default; every image has five paraphrased captions; zero-shot classes
-are the 18 "<colour> <shape>" names, prompted with `zero_shot_template`, by default "a photo of a red circle"), the built-in "shapes_scenes" (one to
-three shapes per image, captions naming each with its position; no zero-shot classes: a tower for DTP-LLaVA's
-questions about several objects), a Hub or local dataset with an image and a caption column, or webdataset tar shards
-(LAION format: `{key}.jpg` + `{key}.txt`). An eval split with a ClassLabel `label_column` is also scored zero-shot
-with `zero_shot_template`.
+are the 18 "<colour> <shape>" names, prompted with `zero_shot_template`, by default "a photo of a red circle"), the
+built-in "shapes_scenes" (one to three shapes per image, captions naming each with its position; no zero-shot classes:
+a tower for DTP-LLaVA's questions about several objects), a Hub or local dataset with an image and a caption column,
+or webdataset tar shards (LAION format: `{key}.jpg` + `{key}.txt`). An eval split with a ClassLabel `label_column` is
+also scored zero-shot with `zero_shot_template`.
 """
 
 import glob
